@@ -1,0 +1,378 @@
+"""
+# Shared labml configurations for MNIST-style uncertainty experiments
+
+`MNISTExperimentConfigs` declares what every experiment of this app shares — data, device, seed,
+model body, optimizer (labml_nn's `OptimizerConfigs`), epochs, batch sizes — and runs the
+training loop: tensor-resident data, per-step tracking, whole-epoch accuracies, uncertainty
+histograms, an atomic checkpoint at the end of every epoch, resume, and clean stops on Ctrl-C,
+SIGTERM and non-finite numbers.
+
+Subclasses say what the model's outputs mean: `training_loss()` for one batch and `predict()`
+for the expected class probabilities (and the uncertainty mass, where there is one).
+"""
+import math
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from labml import experiment, lab, monit, tracker
+from labml.configs import BaseConfigs, option
+from labml_nn.optimizers.configs import OptimizerConfigs
+
+from evidential.data import TensorSplit, dataset_spec, load_split, tensor_split
+from evidential.model import LeNet
+from configs.checkpoint import load_checkpoint, save_checkpoint
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early (non-finite numbers); the message says where and why."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during training; `signal_number` says which."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+@dataclass
+class Data:
+    """The splits of one dataset, resident on the training device."""
+    name: str
+    n_classes: int
+    train: TensorSplit
+    valid: TensorSplit
+    test: TensorSplit
+    # Where validation comes from: 'holdout' (part of the training set) or 'test'
+    valid_source: str
+
+
+@dataclass
+class Prediction:
+    """What a model says about a batch: expected probabilities `[N, K]` and, if it has one, the uncertainty mass `[N]`."""
+    probs: torch.Tensor
+    uncertainty: Optional[torch.Tensor] = None
+    # Total evidence S (evidential models only)
+    strength: Optional[torch.Tensor] = None
+
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+class MNISTExperimentConfigs(BaseConfigs):
+    """
+    ## Configurations shared by every experiment
+
+    Values are set from presets and the command line (`configs/cli.py`); options (`dataset`,
+    `model`, `optimizer.optimizer`, ...) are chosen by name.
+    """
+    # The labml experiment name (the run folder is `logs/<experiment_name>/<uuid>`)
+    experiment_name: str = 'mnist'
+
+    # Dataset, chosen by name: `mnist` or `fashion_mnist`
+    dataset: Data
+    # Folder holding `MNIST/raw` / `FashionMNIST/raw`; empty means labml's data path (`data/`)
+    data_dir: str = ''
+    # Fraction of the training set held out for validation and model selection;
+    # 0 validates on the test set, as labml_nn's tutorial does
+    holdout: float = 0.0
+    # `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`
+    device: str = 'auto'
+    # Seed of parameter initialisation, dropout, holdout split and shuffling
+    seed: int = 5
+
+    epochs: int = 10
+    train_batch_size: int = 64
+    valid_batch_size: int = 1000
+    # Training steps between two tracker writes (per-step values are averaged over them)
+    log_interval: int = 10
+
+    # Model body, chosen by name
+    model: nn.Module
+    # Dropout before the last layer
+    dropout: float = 0.5
+    # Number of classes, taken from the data
+    n_classes: int
+
+    # labml_nn's configurable optimizer: `optimizer.optimizer`, `optimizer.learning_rate`, ...
+    optimizer: OptimizerConfigs
+
+    # A run uuid (or run folder) to continue from its last checkpoint
+    resume: str = ''
+    # URL of a labml dashboard to report to (`python -m experiments.dashboard`), empty for none
+    dashboard: str = ''
+
+    # ------------------------------------------------------------------ what subclasses define
+    def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor,
+                      samples_seen: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The loss to minimise for one batch, and extra per-step values to track (tensors)."""
+        raise NotImplementedError
+
+    def predict(self, outputs: torch.Tensor) -> Prediction:
+        """Expected class probabilities (and uncertainty) from the model's outputs."""
+        raise NotImplementedError
+
+    def check_outputs(self, outputs: torch.Tensor) -> Optional[str]:
+        """A message if the outputs are unusable (e.g. non-finite evidence), else `None`."""
+        return None if bool(torch.isfinite(outputs).all()) else 'non-finite model outputs'
+
+    def nonfinite_hint(self) -> str:
+        """The likely cause of non-finite numbers, for the error message."""
+        return f"the learning rate ({self.optimizer.param_groups[0]['lr']:g}) may be too large"
+
+    def architecture(self) -> Dict[str, object]:
+        """What must match for a checkpoint to be loaded into this model."""
+        return {'model': self.model.__class__.__name__, 'n_classes': self.n_classes, 'dataset': self.dataset.name}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate_outputs(self, split: TensorSplit) -> torch.Tensor:
+        """Raw model outputs `[N, K]` for a whole split, in large batches, in eval mode."""
+        self.model.eval()
+        outs = [self.model(x) for x, _ in split.batches(self.valid_batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0, self.n_classes, device=split.labels.device)
+
+    def evaluate(self, split: TensorSplit) -> Tuple[Prediction, torch.Tensor]:
+        """The prediction for a whole split and its correctness mask."""
+        pred = self.predict(self.evaluate_outputs(split))
+        correct = pred.probs.argmax(-1) == split.labels
+        return pred, correct
+
+    # ------------------------------------------------------------------ tracking
+    def init_tracker(self):
+        tracker.set_scalar('loss.*', True)
+        tracker.set_scalar('accuracy.*', True)
+        tracker.set_scalar('kl_coef', False)
+        for name in ('u.correct', 'u.wrong', 'p_max.correct', 'p_max.wrong', 'strength'):
+            tracker.set_histogram(name, False)
+            for q in QUANTILES:
+                tracker.set_scalar(f'{name}.q{int(q * 100)}', False)
+
+    def track_distribution(self, name: str, values: torch.Tensor):
+        """A histogram of `values` plus its 10/50/90% quantiles (the dashboard charts only means of histograms)."""
+        if values.numel() == 0:
+            return
+        values = values.detach().float().cpu()
+        tracker.add(name, values)
+        for q, v in zip(QUANTILES, torch.quantile(values, torch.tensor(QUANTILES)).tolist()):
+            tracker.add(f'{name}.q{int(q * 100)}', v)
+
+    def track_validation(self, split: TensorSplit, prefix: str = 'valid') -> Dict[str, float]:
+        pred, correct = self.evaluate(split)
+        accuracy = correct.float().mean().item() if len(split) else float('nan')
+        p_max = pred.probs.max(-1).values
+        nll = -torch.log(pred.probs.gather(1, split.labels[:, None]).clamp_min(1e-12)).mean().item()
+        tracker.add(f'accuracy.{prefix}', accuracy)
+        tracker.add(f'loss.{prefix}', nll)
+        if prefix == 'valid':
+            if pred.uncertainty is not None:
+                self.track_distribution('u.correct', pred.uncertainty[correct])
+                self.track_distribution('u.wrong', pred.uncertainty[~correct])
+            self.track_distribution('p_max.correct', p_max[correct])
+            self.track_distribution('p_max.wrong', p_max[~correct])
+            if pred.strength is not None:
+                self.track_distribution('strength', pred.strength)
+        return {f'accuracy.{prefix}': accuracy, f'nll.{prefix}': nll}
+
+    # ------------------------------------------------------------------ training
+    def _shuffle_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def _train_epoch(self, epoch: int, generator: torch.Generator, samples_seen: int) -> Tuple[int, Dict[str, float]]:
+        """One epoch over the training split; returns the samples seen after it and its metrics."""
+        self.model.train()
+        train = self.dataset.train
+        n_batches = train.n_batches(self.train_batch_size)
+        device = train.labels.device
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), device=device)
+        window: List[Dict[str, torch.Tensor]] = []
+
+        def flush():
+            # One host sync per window: find the first non-finite step, then hand values to labml.
+            values = {k: torch.stack([w[k] for w in window]).float().cpu() for k in window[0]}
+            bad = ~torch.isfinite(values['loss.train'])
+            if bad.any():
+                first = int(bad.nonzero()[0])
+                step = step_index - len(window) + 1 + first
+                raise TrainingStopped(f"non-finite loss at epoch {epoch + 1}, step {step} "
+                                      f"(samples seen {samples_seen_at[first]}); {self.nonfinite_hint()}")
+            for k, v in values.items():
+                for x in v.tolist():
+                    tracker.add(k, x)
+            tracker.save()
+            window.clear()
+            samples_seen_at.clear()
+
+        samples_seen_at: List[int] = []
+        step_index = 0
+        batches = train.batches(self.train_batch_size, generator)
+        for step_index, (x, y) in zip(monit.iterate('Train', n_batches), batches):
+            outputs = self.model(x)
+            loss, extras = self.training_loss(outputs, y, samples_seen)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            samples_seen += len(y)
+            tracker.add_global_step(len(y))
+            with torch.no_grad():
+                correct += (outputs.argmax(-1) == y).sum()
+                loss_sum += loss.detach() * len(y)
+            window.append({'loss.train': loss.detach(), **{k: v.detach() for k, v in extras.items()}})
+            samples_seen_at.append(samples_seen)
+            if len(window) >= self.log_interval or step_index == n_batches - 1:
+                flush()
+        n = len(train)
+        return samples_seen, {'accuracy.train': correct.item() / n, 'loss.train': loss_sum.item() / n}
+
+    def _state(self, epoch: int, samples_seen: int, history: list, status: str, generator: torch.Generator):
+        return {
+            'epoch': epoch, 'samples_seen': samples_seen, 'status': status,
+            'architecture': self.architecture(),
+            'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'rng': {'torch': torch.get_rng_state(), 'shuffle': generator.get_state(),
+                    **({'cuda': torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+            'history': history,
+        }
+
+    def restore(self, state: dict, generator: torch.Generator) -> Tuple[int, int, list]:
+        """Loads a checkpoint into the model and optimizer; returns epoch, samples seen and history."""
+        from configs.checkpoint import CheckpointError
+        if state['architecture'] != self.architecture():
+            raise CheckpointError(f"the checkpoint was saved for {state['architecture']}, "
+                                  f"but this configuration builds {self.architecture()}")
+        try:
+            self.model.load_state_dict(state['model'])
+            self.optimizer.load_state_dict(state['optimizer'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+        torch.set_rng_state(state['rng']['torch'])
+        generator.set_state(state['rng']['shuffle'])
+        if 'cuda' in state['rng'] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['rng']['cuda'])
+        return state['epoch'], state['samples_seen'], list(state['history'])
+
+    def run(self, run_dir: Path, resume_state: Optional[dict] = None) -> Dict[str, float]:
+        """Trains for `epochs` epochs (continuing `resume_state` if given) and returns the final metrics."""
+        self.init_tracker()
+        generator = self._shuffle_generator()
+        epoch, samples_seen, history = 0, 0, []
+        if resume_state is not None:
+            epoch, samples_seen, history = self.restore(resume_state, generator)
+            tracker.set_global_step(samples_seen)
+            print(f"Resuming run {run_dir.name} after epoch {epoch}/{self.epochs}")
+
+        def on_signal(signum, frame):
+            raise Interrupted(signum)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for epoch in monit.loop(range(epoch, self.epochs)):
+                samples_seen, metrics = self._train_epoch(epoch, generator, samples_seen)
+                for k, v in metrics.items():
+                    tracker.add(k, v)
+                with monit.section('Validate'):
+                    metrics.update(self.track_validation(self.dataset.valid))
+                tracker.save()
+                history.append({'epoch': epoch + 1, **metrics})
+                # The epoch is complete only once its checkpoint is on disk
+                status = 'completed' if epoch + 1 == self.epochs else 'running'
+                save_checkpoint(run_dir, self._state(epoch + 1, samples_seen, history, status, generator))
+                tracker.new_line()
+        except Interrupted as e:
+            self._mark_interrupted(run_dir)
+            raise
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        with monit.section('Test'):
+            final = self.track_validation(self.dataset.test, prefix='test')
+        tracker.save()
+        return final
+
+    def _mark_interrupted(self, run_dir: Path):
+        from configs.checkpoint import CHECKPOINT_FILE
+        path = run_dir / CHECKPOINT_FILE
+        if path.exists():
+            state = load_checkpoint(run_dir)
+            state['status'] = 'interrupted'
+            state.pop('format', None)
+            save_checkpoint(run_dir, state)
+
+
+# ---------------------------------------------------------------------- options
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:N` as given (checked)."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != 'cpu':
+        raise ValueError(f"device={name}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def data_root(c: MNISTExperimentConfigs) -> Path:
+    return Path(c.data_dir).expanduser() if c.data_dir else Path(lab.get_data_path())
+
+
+def load_data(c: MNISTExperimentConfigs, name: str) -> Data:
+    spec = dataset_spec(name)
+    device = resolve_device(c.device)
+    root = data_root(c)
+    train_images, train_labels = load_split(name, root, train=True)
+    test_images, test_labels = load_split(name, root, train=False)
+    train = tensor_split(train_images, train_labels, name, device)
+    test = tensor_split(test_images, test_labels, name, device)
+    if c.holdout > 0:
+        # A fixed, seeded split of the training set: the same images are held out on every run with this seed
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.seed)).to(device)
+        n_valid = max(1, int(round(len(train) * c.holdout)))
+        valid = TensorSplit(train.images[order[:n_valid]], train.labels[order[:n_valid]])
+        train = TensorSplit(train.images[order[n_valid:]], train.labels[order[n_valid:]])
+        source = 'holdout'
+    else:
+        valid, source = test, 'test'
+    return Data(name=name, n_classes=spec.n_classes, train=train, valid=valid, test=test, valid_source=source)
+
+
+@option(MNISTExperimentConfigs.dataset, 'mnist')
+def _mnist(c: MNISTExperimentConfigs):
+    return load_data(c, 'mnist')
+
+
+@option(MNISTExperimentConfigs.dataset, 'fashion_mnist')
+def _fashion_mnist(c: MNISTExperimentConfigs):
+    return load_data(c, 'fashion_mnist')
+
+
+@option(MNISTExperimentConfigs.n_classes)
+def _n_classes(c: MNISTExperimentConfigs):
+    return c.dataset.n_classes
+
+
+@option(MNISTExperimentConfigs.model, 'lenet')
+def _lenet(c: MNISTExperimentConfigs):
+    # Seed right before initialisation, so the same seed gives the same weights whatever ran before
+    torch.manual_seed(c.seed)
+    return LeNet(c.n_classes, c.dropout).to(c.dataset.train.images.device)
+
+
+@option(MNISTExperimentConfigs.optimizer)
+def _optimizer(c: MNISTExperimentConfigs):
+    opt = OptimizerConfigs()
+    opt.parameters = c.model.parameters()
+    opt.optimizer = 'Adam'
+    opt.learning_rate = 1e-3
+    return opt

@@ -1,0 +1,76 @@
+"""
+# Defaults and named presets of the evidential experiment
+
+`DEFAULTS` are the values every run starts from; a preset lists only what it changes, each value
+with the reason (and source) next to it, and the command line overrides both.
+"""
+from configs.cli import Preset
+
+# Every option has an explicit default, so a run's configs.yaml always names what was used.
+DEFAULTS = {
+    'dataset': 'mnist',
+    'model': 'lenet',
+    'outputs_to_evidence': 'softplus',
+    'loss_func': 'squared_error_bayes_risk',
+    'kl_schedule': 'piecewise',
+    'optimizer.optimizer': 'Adam',
+    'optimizer.learning_rate': 1e-3,
+    'optimizer.weight_decay': 5e-3,
+}
+
+PRESETS = {
+    'labml': Preset(
+        "labml_nn's evidential MNIST tutorial (labml_nn/uncertainty/evidence/experiment.py)",
+        {
+            'loss_func': 'squared_error_bayes_risk',
+            'outputs_to_evidence': 'softplus',
+            'kl_schedule': 'piecewise',
+            'kl_div_coef_schedule': [(0, 0.), (0.2, 0.01), (1, 1.)],
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'epochs': 10,
+            'train_batch_size': 64,
+            'holdout': 0.0,
+        },
+        {
+            'loss_func': "main(): 'loss_func': 'squared_error_bayes_risk'",
+            'outputs_to_evidence': "main(): 'outputs_to_evidence': 'softplus'",
+            'kl_div_coef_schedule': 'Configs.kl_div_coef_schedule',
+            'optimizer.learning_rate': "main(): 'optimizer.learning_rate': 0.001",
+            'optimizer.weight_decay': "main(): 'optimizer.weight_decay': 0.005 (labml_nn Adam, decoupled)",
+            'dropout': "main(): 'dropout': 0.5",
+            'epochs': 'MNISTConfigs.epochs = 10',
+            'train_batch_size': "labml_nn MNISTConfigs train_batch_size = 64",
+            'holdout': 'labml_nn validates on the test set',
+        }),
+    'paper': Preset(
+        'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
+        {
+            'loss_func': 'squared_error_bayes_risk',
+            'outputs_to_evidence': 'relu',
+            'kl_schedule': 'paper',
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'train_batch_size': 1000,
+            'epochs': 50,
+        },
+        {
+            'loss_func': 'Sec. 3: Eq. 5 (sum of squares) is the loss used in the experiments',
+            'outputs_to_evidence': 'Sec. 3/4: ReLU output layer for non-negative evidence',
+            'kl_schedule': 'Sec. 4: lambda_t = min(1, t/10), t the epoch index',
+            'optimizer.optimizer': 'Sec. 5: Adam',
+            'optimizer.learning_rate': "authors' TensorFlow notebook: Adam's default 1e-3",
+            'optimizer.weight_decay': "authors' notebook: L2 0.005 (here decoupled, as labml_nn's Adam does)",
+            'dropout': 'Sec. 5: LeNet with 500 hidden units and dropout',
+            'train_batch_size': "authors' notebook: batch size 1000",
+            'epochs': "authors' notebook: 50 epochs",
+        }),
+    'smoke': Preset(
+        'a few seconds: one small epoch, for tests and trying the pipeline',
+        {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2},
+        {'epochs': 'one pass is enough to exercise every code path'}),
+}

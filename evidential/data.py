@@ -1,0 +1,158 @@
+"""
+# MNIST-style data as tensors
+
+torchvision stays the source of truth for where the files live, their format and the download;
+this module only changes the hot path: each split is decoded once into a `uint8` tensor, moved to
+the training device, normalized there, and batched by shuffled index. No PIL, no per-sample Python,
+no worker processes.
+
+Before torchvision reads a file we check its IDX header and length ourselves, so a truncated or
+corrupt file gives an error that names the file instead of an assertion deep inside torchvision.
+"""
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torchvision
+
+
+class DataError(RuntimeError):
+    """A data file is missing, truncated or corrupt; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    torchvision_class: type
+    # Mean and standard deviation of the training images scaled to [0, 1]
+    mean: float
+    std: float
+    n_classes: int = 10
+
+    @property
+    def folder(self) -> str:
+        """The folder under the data root torchvision uses (`MNIST`, `FashionMNIST`)."""
+        return self.torchvision_class.__name__
+
+
+DATASETS = {
+    # labml_nn's MNIST normalization
+    'mnist': DatasetSpec('mnist', torchvision.datasets.MNIST, 0.1307, 0.3081),
+    # Fashion-MNIST training-set statistics
+    'fashion_mnist': DatasetSpec('fashion_mnist', torchvision.datasets.FashionMNIST, 0.2860, 0.3530),
+}
+
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
+
+
+def _raw_files(spec: DatasetSpec, root: Path, train: bool) -> Tuple[Path, Path]:
+    prefix = 'train' if train else 't10k'
+    raw = root / spec.folder / 'raw'
+    return raw / f'{prefix}-images-idx3-ubyte', raw / f'{prefix}-labels-idx1-ubyte'
+
+
+def check_idx_file(path: Path, magic: int) -> int:
+    """Checks the IDX header and length of `path` and returns the number of items it holds."""
+    size = path.stat().st_size
+    header_len = 16 if magic == IMAGE_MAGIC else 8
+    what = 'images' if magic == IMAGE_MAGIC else 'labels'
+    fix = "delete it and run again to download it, or copy an intact copy there"
+    with open(path, 'rb') as f:
+        header = f.read(header_len)
+    if len(header) < header_len:
+        raise DataError(f"{path}: truncated IDX {what} file ({size} bytes, shorter than its header); {fix}")
+    found = struct.unpack('>I', header[:4])[0]
+    if found != magic:
+        raise DataError(f"{path}: not an IDX {what} file (magic number {found}, expected {magic}); {fix}")
+    count = struct.unpack('>I', header[4:8])[0]
+    item = 1
+    if magic == IMAGE_MAGIC:
+        rows, cols = struct.unpack('>II', header[8:16])
+        item = rows * cols
+    expected = header_len + count * item
+    if size != expected:
+        raise DataError(f"{path}: wrong length ({size} bytes, its header promises {count} {what} = {expected} bytes); {fix}")
+    return count
+
+
+def load_split(name: str, root: os.PathLike, train: bool, download: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Images `[N, 28, 28]` (`uint8`) and labels `[N]` (`int64`) of one split, read by torchvision.
+
+    Files present under `root` are used as they are. When they are missing and `download` is set,
+    torchvision downloads them; if that fails the error says where to put them.
+    """
+    spec = dataset_spec(name)
+    root = Path(root).expanduser().resolve()
+    images_file, labels_file = _raw_files(spec, root, train)
+    if not (images_file.exists() and labels_file.exists()):
+        if not download:
+            raise DataError(f"{spec.name} files not found: expected {images_file} and {labels_file}")
+        try:
+            spec.torchvision_class(str(root), train=train, download=True)
+        except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... per mirror
+            raise DataError(
+                f"{spec.name} files not found under {images_file.parent} and the download failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Put the uncompressed IDX files "
+                f"({images_file.name}, {labels_file.name}) in {images_file.parent}, "
+                f"or pass data_dir=<folder that holds {spec.folder}/raw>") from None
+    n_images = check_idx_file(images_file, IMAGE_MAGIC)
+    n_labels = check_idx_file(labels_file, LABEL_MAGIC)
+    if n_images != n_labels:
+        raise DataError(f"{images_file} holds {n_images} images but {labels_file} holds {n_labels} labels; "
+                        f"the two files must come from the same release")
+    ds = spec.torchvision_class(str(root), train=train, download=False)
+    labels = ds.targets.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= spec.n_classes):
+        raise DataError(f"{labels_file}: labels must be in [0, {spec.n_classes - 1}], "
+                        f"found {labels.min().item()}..{labels.max().item()}")
+    return ds.data, labels
+
+
+def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
+    """`uint8` `[N, 28, 28]` → `float32` `[N, 1, 28, 28]`, scaled to [0, 1] and standardized."""
+    spec = dataset_spec(name)
+    x = images.to(torch.float32).div_(255.).unsqueeze(1)
+    return x.sub_(spec.mean).div_(spec.std)
+
+
+@dataclass
+class TensorSplit:
+    """A split resident on the training device: normalized images `[N, 1, 28, 28]` and labels `[N]`."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None
+                ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Yields `(images, labels)` batches; shuffled by `generator` when one is given, in order otherwise."""
+        n = len(self)
+        if generator is None:
+            for start in range(0, n, batch_size):
+                yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+            return
+        # The permutation is drawn on the CPU generator (reproducible across devices), then moved.
+        order = torch.randperm(n, generator=generator).to(self.labels.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.images[idx], self.labels[idx]
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+def tensor_split(images: torch.Tensor, labels: torch.Tensor, name: str, device: torch.device) -> TensorSplit:
+    """Moves a raw split to `device` and normalizes it there."""
+    return TensorSplit(normalize(images.to(device), name), labels.to(device))

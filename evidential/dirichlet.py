@@ -1,0 +1,83 @@
+r"""
+# Subjective opinions from evidence
+
+This is the one place that turns a network's evidence into the quantities of
+[Evidential Deep Learning (Sensoy, Kaplan & Kandemir, NeurIPS 2018)](https://arxiv.org/abs/1806.01768).
+
+The network outputs non-negative *evidence* $e_k \ge 0$ for each of the $K$ classes.
+Subjective logic assigns a *belief mass* $b_k$ to every class and an *uncertainty mass* $u$,
+with $u + \sum_{k=1}^K b_k = 1$:
+
+$$b_k = \frac{e_k}{S}, \qquad u = \frac{K}{S}, \qquad S = \sum_{k=1}^K (e_k + 1).$$
+
+The opinion is the Dirichlet distribution $\text{Dir}(\mathbf{p} \mid \boldsymbol{\alpha})$ over the
+class probabilities with parameters $\alpha_k = e_k + 1$; $S = \sum_k \alpha_k$ is its *strength*.
+Its mean is the expected class probability $\hat{p}_k = \alpha_k / S$.
+
+With no evidence at all ($e_k = 0$ for every $k$) the Dirichlet is uniform, $u = 1$ and
+$\hat{p}_k = 1/K$: "I don't know".
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Opinion:
+    """The Dirichlet opinion computed from evidence `[..., K]` (every field is a tensor)."""
+    # $e_k \ge 0$, shape `[..., K]`
+    evidence: torch.Tensor
+    # $\alpha_k = e_k + 1$, shape `[..., K]`
+    alpha: torch.Tensor
+    # $S = \sum_k \alpha_k$, shape `[...]`
+    strength: torch.Tensor
+    # $\hat{p}_k = \alpha_k / S$, shape `[..., K]`
+    expected_probability: torch.Tensor
+    # $u = K / S$, shape `[...]`
+    uncertainty_mass: torch.Tensor
+
+    @property
+    def n_classes(self) -> int:
+        return self.alpha.shape[-1]
+
+    @property
+    def belief(self) -> torch.Tensor:
+        r"""$b_k = e_k / S$; $u + \sum_k b_k = 1$."""
+        return self.evidence / self.strength.unsqueeze(-1)
+
+    @property
+    def total_evidence(self) -> torch.Tensor:
+        r"""$\sum_k e_k = S - K$."""
+        return self.evidence.sum(-1)
+
+
+def opinion(evidence: torch.Tensor) -> Opinion:
+    r"""
+    Computes $\boldsymbol\alpha$, $S$, $\hat{\mathbf{p}}$ and $u$ from evidence of shape `[..., K]`.
+
+    The number of classes $K$ is the size of the last dimension; nothing is hard-coded.
+    """
+    if evidence.dim() < 1 or evidence.shape[-1] < 2:
+        raise ValueError(f"evidence must have shape [..., K] with K >= 2 classes, got {tuple(evidence.shape)}")
+    n_classes = evidence.shape[-1]
+    # $\alpha_k = e_k + 1$
+    alpha = evidence + 1.
+    # $S = \sum_{k=1}^K \alpha_k$
+    strength = alpha.sum(dim=-1)
+    # $\hat{p}_k = \frac{\alpha_k}{S}$
+    expected_probability = alpha / strength.unsqueeze(-1)
+    # $u = \frac{K}{S}$
+    uncertainty_mass = n_classes / strength
+    return Opinion(evidence=evidence, alpha=alpha, strength=strength,
+                   expected_probability=expected_probability, uncertainty_mass=uncertainty_mass)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    r"""
+    Shannon entropy of a categorical distribution, $H(\hat{\mathbf{p}}) = -\sum_k \hat{p}_k \log \hat{p}_k$,
+    in nats, over the last dimension. $0 \log 0$ is taken as $0$.
+    """
+    # $\hat{p}_k \log \hat{p}_k$, with the $0 \log 0 = 0$ convention
+    p_log_p = torch.special.xlogy(probs, probs)
+    # $-\sum_k \hat{p}_k \log \hat{p}_k$
+    return -p_log_p.sum(dim=-1)

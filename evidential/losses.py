@@ -1,0 +1,111 @@
+r"""
+# Evidential losses
+
+For a sample with one-hot target $\mathbf{y}$ the network's evidence defines the opinion
+$\text{Dir}(\mathbf{p} \mid \boldsymbol\alpha)$ with $\alpha_k = e_k + 1$ and $S = \sum_k \alpha_k$
+(see [`dirichlet.py`](dirichlet.py)). Sensoy et al. (2018) train it with a loss on the
+Dirichlet instead of on a single point estimate of $\mathbf{p}$:
+
+* **Type II maximum likelihood** (Eq. 3): the negative log of the marginal likelihood
+  $\int \prod_k p_k^{y_k} \text{Dir}(\mathbf{p} \mid \boldsymbol\alpha) d\mathbf{p}$,
+  $$\mathcal{L} = \sum_k y_k \big(\log S - \log \alpha_k\big).$$
+* **Bayes risk of the cross-entropy** (Eq. 4): $\mathbb{E}_{\mathbf{p} \sim \text{Dir}(\boldsymbol\alpha)}
+  \big[-\sum_k y_k \log p_k\big]$, using $\mathbb{E}[\log p_k] = \psi(\alpha_k) - \psi(S)$,
+  $$\mathcal{L} = \sum_k y_k \big(\psi(S) - \psi(\alpha_k)\big).$$
+* **Bayes risk of the squared error** (Eq. 5): $\mathbb{E}\big[\sum_k (y_k - p_k)^2\big]$,
+  with $\mathbb{E}[p_k] = \hat{p}_k$ and $\text{Var}[p_k] = \frac{\hat{p}_k (1 - \hat{p}_k)}{S + 1}$,
+  $$\mathcal{L} = \sum_k (y_k - \hat{p}_k)^2 + \frac{\hat{p}_k (1 - \hat{p}_k)}{S + 1}.$$
+
+All three only reward evidence for the true class; misleading evidence for the other classes is
+shrunk by the **KL regulariser** (Eq. 6 ff.), which pulls the Dirichlet with the true class's
+evidence removed, $\tilde{\boldsymbol\alpha} = \mathbf{y} + (1 - \mathbf{y}) \odot \boldsymbol\alpha$,
+towards the uniform $\text{Dir}(\mathbf{1})$ ("I don't know"):
+$$\text{KL}\big[\text{Dir}(\tilde{\boldsymbol\alpha}) \,\|\, \text{Dir}(\mathbf{1})\big]
+  = \log \frac{\Gamma(\tilde{S})}{\Gamma(K) \prod_k \Gamma(\tilde\alpha_k)}
+  + \sum_k (\tilde\alpha_k - 1)\big(\psi(\tilde\alpha_k) - \psi(\tilde S)\big),
+  \qquad \tilde S = \sum_k \tilde\alpha_k.$$
+
+Every function takes evidence `[N, K]` and integer labels `[N]` and returns the mean over the batch.
+"""
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+from .dirichlet import opinion
+
+
+def _one_hot(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One-hot targets $\\mathbf{y}$ `[N, K]` in the dtype of `evidence`, checking the shapes."""
+    if evidence.dim() != 2:
+        raise ValueError(f"evidence must have shape [N, K], got {tuple(evidence.shape)}")
+    if labels.shape != evidence.shape[:1]:
+        raise ValueError(f"labels must have shape [N] = [{evidence.shape[0]}], got {tuple(labels.shape)}")
+    return F.one_hot(labels, evidence.shape[-1]).to(evidence.dtype)
+
+
+def max_likelihood_loss(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Type II maximum likelihood, $\sum_k y_k (\log S - \log \alpha_k)$ (Eq. 3)."""
+    y = _one_hot(evidence, labels)
+    o = opinion(evidence)
+    # $\sum_k y_k (\log S - \log \alpha_k)$
+    loss = (y * (o.strength.log().unsqueeze(-1) - o.alpha.log())).sum(dim=-1)
+    return loss.mean()
+
+
+def cross_entropy_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Bayes risk of the cross-entropy, $\sum_k y_k (\psi(S) - \psi(\alpha_k))$ (Eq. 4)."""
+    y = _one_hot(evidence, labels)
+    o = opinion(evidence)
+    # $\sum_k y_k (\psi(S) - \psi(\alpha_k))$
+    loss = (y * (torch.digamma(o.strength).unsqueeze(-1) - torch.digamma(o.alpha))).sum(dim=-1)
+    return loss.mean()
+
+
+def squared_error_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Bayes risk of the squared error, $\sum_k (y_k - \hat{p}_k)^2 + \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$ (Eq. 5)."""
+    y = _one_hot(evidence, labels)
+    o = opinion(evidence)
+    p = o.expected_probability
+    # $(y_k - \hat{p}_k)^2$
+    err = (y - p) ** 2
+    # $\text{Var}(p_k) = \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$
+    var = p * (1 - p) / (o.strength.unsqueeze(-1) + 1)
+    # $\sum_k (y_k - \hat{p}_k)^2 + \text{Var}(p_k)$
+    loss = (err + var).sum(dim=-1)
+    return loss.mean()
+
+
+def kl_uniform_regulariser(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""$\text{KL}[\text{Dir}(\tilde{\boldsymbol\alpha}) \| \text{Dir}(\mathbf{1})]$ with the true class's evidence removed."""
+    y = _one_hot(evidence, labels)
+    n_classes = evidence.shape[-1]
+    alpha = opinion(evidence).alpha
+    # $\tilde{\boldsymbol\alpha} = \mathbf{y} + (1 - \mathbf{y}) \odot \boldsymbol\alpha$
+    alpha_tilde = y + (1 - y) * alpha
+    # $\tilde S = \sum_k \tilde\alpha_k$
+    strength_tilde = alpha_tilde.sum(dim=-1)
+    # $\log \Gamma(\tilde S) - \log \Gamma(K) - \sum_k \log \Gamma(\tilde\alpha_k)$
+    first = (torch.lgamma(strength_tilde)
+             - torch.lgamma(strength_tilde.new_tensor(float(n_classes)))
+             - torch.lgamma(alpha_tilde).sum(dim=-1))
+    # $\sum_k (\tilde\alpha_k - 1)(\psi(\tilde\alpha_k) - \psi(\tilde S))$
+    second = ((alpha_tilde - 1) * (torch.digamma(alpha_tilde) - torch.digamma(strength_tilde).unsqueeze(-1))).sum(dim=-1)
+    return (first + second).mean()
+
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOSSES: Dict[str, LossFunction] = {
+    'max_likelihood_loss': max_likelihood_loss,
+    'cross_entropy_bayes_risk': cross_entropy_bayes_risk,
+    'squared_error_bayes_risk': squared_error_bayes_risk,
+}
+
+
+def loss_function(name: str) -> LossFunction:
+    """The loss called `name`; raises `ValueError` listing the valid names."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None

@@ -1,0 +1,45 @@
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = (ROOT.parent / 'shared' / 'data').resolve()
+sys.path.insert(0, str(ROOT))
+
+from tests.idx import write_dataset  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def synthetic_data_dir(tmp_path_factory) -> Path:
+    """A data folder with small, learnable synthetic MNIST and FashionMNIST IDX files (512 train / 256 test)."""
+    root = tmp_path_factory.mktemp('data')
+    write_dataset(root, 'MNIST', seed=0)
+    write_dataset(root, 'FashionMNIST', seed=1)
+    return root
+
+
+@pytest.fixture(scope='session')
+def real_data_dir() -> Path:
+    """`../shared/data` with the real MNIST files; tests using it skip where it is absent (a fresh clone)."""
+    if not (SHARED_DATA / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte').exists():
+        pytest.skip(f'real data not found at {SHARED_DATA}')
+    return SHARED_DATA
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env=None):
+    """Runs `python -m module args` as a real process in `cwd` (which must hold a .labml.yaml)."""
+    import subprocess
+    full_env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', **(env or {})}
+    return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """An empty project-like folder: labml writes logs/ and data/ here, not into the repo."""
+    (tmp_path / '.labml.yaml').write_text('data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n')
+    return tmp_path
