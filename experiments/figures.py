@@ -1,0 +1,391 @@
+r"""
+# Figures for the evaluation
+
+Two kinds of functions:
+
+* **Sweeps** that need a model: `rotated_digit_sweep` (EDL paper, Fig. 3) and
+  `fgsm_sweep` (Fig. 4). They take plain callables, so they do not depend on the
+  model classes:
+  * `evidence_fn(x) -> evidence [N, K]` (non-negative), from which
+    $\alpha = e + 1$, $S = \sum_k \alpha_k$, $\hat{p} = \alpha / S$, $u = K / S$;
+  * `probs_fn(x) -> probs [N, K]` (differentiable), for the FGSM gradient.
+  Put the model in `eval()` mode before calling them.
+* **Plots**, each taking tensors or numpy arrays plus an output `path`, writing
+  one PNG and returning the path. They use matplotlib's object-oriented API
+  with the Agg canvas (no `pyplot`, no global backend state, no display needed).
+
+Entropies are in nats, like `evidential.metrics.entropy`.
+"""
+
+import math
+from pathlib import Path
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from evidential import metrics
+
+PathLike = Union[str, Path]
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
+
+DPI = 120
+
+
+# ## Helpers
+
+def _np(x, name: str) -> np.ndarray:
+    """Tensor / array-like to a numpy array (detached, on CPU)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{name}` must be a tensor or array-like, got {type(x).__name__}") from e
+
+
+def _1d(x, name: str, allow_empty: bool = False) -> np.ndarray:
+    a = _np(x, name).astype(np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, got shape {a.shape}")
+    if a.size == 0 and not allow_empty:
+        raise ValueError(f"`{name}` is empty; at least one value is required")
+    return a
+
+
+def _image2d(img, name: str) -> np.ndarray:
+    """`[H, W]` or `[1, H, W]` to `[H, W]` for `imshow`."""
+    a = _np(img, name).astype(np.float64)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"`{name}` must be a grayscale image of shape [H, W] or [1, H, W], got shape {a.shape}")
+    return a
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _dirichlet(evidence: torch.Tensor):
+    r"""$\alpha = e + 1$, $S = \sum_k \alpha_k$, $\hat{p} = \alpha / S$, $u = K / S$
+    (kept local so this module does not depend on the training code)."""
+    if evidence.ndim != 2:
+        raise ValueError(f"`evidence_fn` must return evidence of shape [N, K], got shape {tuple(evidence.shape)}")
+    if (evidence < 0).any():
+        raise ValueError("`evidence_fn` returned negative evidence; evidence must be >= 0 (e.g. ReLU/softplus output)")
+    alpha = evidence + 1
+    strength = alpha.sum(dim=1, keepdim=True)
+    return alpha / strength, evidence.shape[1] / strength.squeeze(1)
+
+
+def rotate(image: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate a `[..., H, W]` image tensor counter-clockwise by `angle` degrees
+    about its centre (bilinear, same size, zero fill)."""
+    return TF.rotate(image, float(angle), interpolation=InterpolationMode.BILINEAR)
+
+
+# ## Sweeps that need a model
+
+class RotationSweep(NamedTuple):
+    angles: torch.Tensor  # [A] degrees
+    images: torch.Tensor  # [A, *image.shape] the rotated inputs
+    evidence: torch.Tensor  # [A, K]
+    probs: torch.Tensor  # [A, K] expected probabilities alpha / S
+    u: torch.Tensor  # [A] uncertainty mass K / S
+
+
+@torch.no_grad()
+def rotated_digit_sweep(evidence_fn: Callable[[torch.Tensor], torch.Tensor],
+                        image: torch.Tensor, angles: ArrayLike) -> RotationSweep:
+    r"""EDL paper, Fig. 3: rotate one test digit by each angle and record the
+    predicted probabilities $\hat{p} = \alpha / S$ and the uncertainty $u = K / S$.
+
+    * `evidence_fn`: `x [A, *image.shape] -> evidence [A, K]`.
+    * `image`: `[C, H, W]` (e.g. `[1, 28, 28]`) or `[H, W]`, on the model's device.
+    * `angles`: degrees, e.g. `np.linspace(0, 180, 19)`.
+    """
+    if not isinstance(image, torch.Tensor):
+        image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"`image` must have shape [C, H, W] or [H, W], got shape {tuple(image.shape)}")
+    angles_t = torch.as_tensor(_1d(angles, "angles"))
+    rotated = torch.stack([rotate(image, a) for a in angles_t.tolist()])
+    evidence = evidence_fn(rotated)
+    if evidence.shape[0] != len(angles_t):
+        raise ValueError(f"`evidence_fn` returned {evidence.shape[0]} rows for {len(angles_t)} rotated images")
+    probs, u = _dirichlet(evidence.float())
+    return RotationSweep(angles_t, rotated, evidence, probs, u)
+
+
+class FGSMSweep(NamedTuple):
+    eps: torch.Tensor  # [E]
+    accuracy: torch.Tensor  # [E]
+    mean_entropy: torch.Tensor  # [E] mean entropy of p̂ (nats)
+
+
+def fgsm_sweep(probs_fn: Callable[[torch.Tensor], torch.Tensor],
+               images: torch.Tensor, labels: torch.Tensor, eps_list: ArrayLike,
+               clamp: Optional[tuple] = (0.0, 1.0), batch_size: int = 1000) -> FGSMSweep:
+    r"""EDL paper, Fig. 4: accuracy and mean predictive entropy under the fast
+    gradient sign method (Goodfellow et al., 2015),
+
+    $$x^{\text{adv}} = \operatorname{clip}\big(x + \epsilon\,
+        \operatorname{sign}(\nabla_x \mathcal{L}(x, y))\big),
+      \qquad \mathcal{L}(x, y) = -\log \hat{p}_y(x),$$
+
+    with $\hat{p} = \alpha / S$ for an EDL model. The gradient is taken once at
+    the clean input, so every $\epsilon$ reuses it; $\epsilon = 0$ is the clean input.
+
+    * `probs_fn`: differentiable `x [B, ...] -> probs [B, K]`.
+    * `images`, `labels`: `[N, ...]`, `[N]`, on the model's device.
+    * `eps_list`: perturbation sizes in input units (for inputs in $[0, 1]$).
+    * `clamp`: `(lo, hi)` valid input range after the step, or `None` for no
+      clipping (e.g. for normalised inputs).
+
+    Only gradients w.r.t. the input are computed (`torch.autograd.grad`), so
+    parameter `.grad`s are not touched.
+    """
+    eps = torch.as_tensor(_1d(eps_list, "eps_list"))
+    if (eps < 0).any():
+        raise ValueError(f"`eps_list` must be >= 0, got {eps.tolist()}")
+    if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+        raise ValueError(f"`images` ({images.shape[0]}) and `labels` ({labels.shape[0]}) must have the same, "
+                         f"non-zero number of samples")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    correct = torch.zeros(len(eps), dtype=torch.float64)
+    entropy_sum = torch.zeros(len(eps), dtype=torch.float64)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].detach().clone().requires_grad_(True)
+        y = labels[start:start + batch_size].long()
+        with torch.enable_grad():
+            p = probs_fn(x)
+            loss = -p.gather(1, y[:, None]).clamp_min(metrics.NLL_EPS).log().sum()
+            grad, = torch.autograd.grad(loss, x)
+        step = grad.sign()
+        with torch.no_grad():
+            for j, e in enumerate(eps.tolist()):
+                x_adv = x.detach() + e * step
+                if clamp is not None:
+                    x_adv = x_adv.clamp(*clamp)
+                p_adv = probs_fn(x_adv).double()
+                correct[j] += (p_adv.argmax(dim=1) == y).sum().item()
+                entropy_sum[j] += (-torch.special.xlogy(p_adv, p_adv).sum(dim=1)).sum().item()
+    n = images.shape[0]
+    return FGSMSweep(eps, correct / n, entropy_sum / n)
+
+
+# ## Plots
+
+def reliability_diagram(probs: ArrayLike, labels: ArrayLike, path: PathLike, *,
+                        n_bins: int = 15, title: Optional[str] = None) -> Path:
+    """Reliability diagram: per confidence bin, accuracy (bars) against the
+    diagonal of perfect calibration, the gap shaded, and the share of samples
+    per bin underneath. Bins and ECE are those of `evidential.metrics`."""
+    probs_t = torch.as_tensor(_np(probs, "probs"))
+    labels_t = torch.as_tensor(_np(labels, "labels"))
+    bins = {k: v.cpu().numpy() for k, v in metrics.calibration_bins(probs_t, labels_t, n_bins).items()}
+    ece = metrics.ece(probs_t, labels_t, n_bins)
+    edges, width = bins["edges"], 1.0 / n_bins
+    centers = edges[:-1] + width / 2
+    filled = bins["count"] > 0
+
+    fig = Figure(figsize=(5, 6))
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centers[filled], bins["accuracy"][filled], width=width, edgecolor="black", color="tab:blue",
+           label="accuracy")
+    ax.bar(centers[filled], bins["confidence"][filled] - bins["accuracy"][filled],
+           bottom=bins["accuracy"][filled], width=width, color="tab:red", alpha=0.3, hatch="//", label="gap")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left")
+    ax.set_title(title or f"Reliability diagram (ECE = {ece:.4f}, {n_bins} bins)")
+    ax_count.bar(centers, bins["count"] / bins["count"].sum(), width=width, edgecolor="black", color="grey")
+    ax_count.set_xlabel(r"confidence $\max_k \hat{p}_k$")
+    ax_count.set_ylabel("share of samples")
+    return _save(fig, path)
+
+
+def uncertainty_histograms(u_correct: ArrayLike, u_wrong: ArrayLike, ood: Mapping[str, ArrayLike],
+                           path: PathLike, *, bins: int = 30, title: str = "Uncertainty mass u = K / S") -> Path:
+    """Density histograms of $u$ for correctly and wrongly classified test
+    samples and for each OOD set (`ood = {set name: u}`), on shared bins over $[0, 1]$.
+    Empty groups (e.g. no wrong predictions) are skipped."""
+    groups = {"correct": _1d(u_correct, "u_correct", allow_empty=True),
+              "wrong": _1d(u_wrong, "u_wrong", allow_empty=True)}
+    for name, u in ood.items():
+        groups[f"OOD: {name}"] = _1d(u, f"ood[{name!r}]", allow_empty=True)
+    if all(g.size == 0 for g in groups.values()):
+        raise ValueError("all groups of uncertainty values are empty; nothing to plot")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, u in groups.items():
+        if u.size:
+            ax.hist(np.clip(u, 0, 1), bins=edges, density=True, histtype="step", linewidth=1.8,
+                    label=f"{name} (n={u.size})")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("u")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def entropy_cdf(entropies: Mapping[str, ArrayLike], path: PathLike, *,
+                num_classes: Optional[int] = None, title: str = "Entropy CDF on out-of-distribution samples") -> Path:
+    r"""EDL paper, Fig. 2: empirical CDF $F(h) = \frac{1}{N}|\{i : H(\hat{p}_i) \le h\}|$
+    of the predictive entropy over OOD samples, one curve per `entropies` entry
+    (`{model or set name: [N] entropies}`). Curves further to the bottom-right
+    (more mass near the maximum entropy $\log K$) are better for OOD data.
+    With `num_classes`, the x-axis spans $[0, \log K]$."""
+    if not entropies:
+        raise ValueError("`entropies` must be a non-empty dict {name: [N] entropies}")
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    for name, h in entropies.items():
+        h = np.sort(_1d(h, f"entropies[{name!r}]"))
+        cdf = np.arange(1, h.size + 1) / h.size
+        ax.step(np.concatenate([[0.0], h]), np.concatenate([[0.0], cdf]), where="post", label=name)
+    if num_classes is not None:
+        ax.set_xlim(0, math.log(num_classes))
+        ax.axvline(math.log(num_classes), color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("entropy (nats)")
+    ax.set_ylabel("empirical CDF")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def rotation_plot(angles: ArrayLike, probs: ArrayLike, u: ArrayLike, image: ArrayLike, path: PathLike, *,
+                  min_prob: float = 0.1, n_thumbnails: int = 10) -> Path:
+    r"""EDL paper, Fig. 3: $\hat{p}_k$ per rotation angle for every class whose
+    probability exceeds `min_prob` at some angle (others are drawn thin and grey),
+    and the uncertainty $u$ (dashed, black); the rotated digit is shown above.
+
+    * `angles`: `[A]` degrees; `probs`: `[A, K]`; `u`: `[A]`;
+    * `image`: the un-rotated digit, `[H, W]` or `[1, H, W]`."""
+    angles_a = _1d(angles, "angles")
+    probs_a = _np(probs, "probs").astype(np.float64)
+    u_a = _1d(u, "u")
+    if probs_a.ndim != 2 or probs_a.shape[0] != angles_a.size or u_a.size != angles_a.size:
+        raise ValueError(f"need `probs` [A, K] and `u` [A] for A = {angles_a.size} angles, "
+                         f"got probs {probs_a.shape} and u {u_a.shape}")
+    img = torch.as_tensor(_image2d(image, "image"), dtype=torch.float32)[None]
+    n_thumbs = max(1, min(n_thumbnails, angles_a.size))
+    thumb_angles = angles_a[np.linspace(0, angles_a.size - 1, n_thumbs).round().astype(int)]
+
+    fig = Figure(figsize=(max(6, 0.8 * n_thumbs), 5))
+    grid = fig.add_gridspec(2, n_thumbs, height_ratios=[1, 4], hspace=0.15)
+    for j, a in enumerate(thumb_angles):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(rotate(img, float(a))[0].numpy(), cmap="gray")
+        ax.set_title(f"{a:.0f}°", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    for k in range(probs_a.shape[1]):
+        if probs_a[:, k].max() >= min_prob:
+            ax.plot(angles_a, probs_a[:, k], marker="o", markersize=3, label=f"class {k}")
+        else:
+            ax.plot(angles_a, probs_a[:, k], color="lightgrey", linewidth=0.8)
+    ax.plot(angles_a, u_a, "k--", linewidth=2, label="u")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(angles_a.min(), angles_a.max())
+    ax.set_xlabel("rotation angle (degrees)")
+    ax.set_ylabel("probability / uncertainty")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def fgsm_plot(eps: ArrayLike, accuracy: ArrayLike, mean_entropy: ArrayLike, path: PathLike, *,
+              num_classes: Optional[int] = None, label: Optional[str] = None) -> Path:
+    r"""EDL paper, Fig. 4: accuracy (left) and mean predictive entropy (right)
+    against the FGSM step size $\epsilon$. With `num_classes`, the entropy axis
+    goes up to $\log K$."""
+    eps_a, acc_a, ent_a = _1d(eps, "eps"), _1d(accuracy, "accuracy"), _1d(mean_entropy, "mean_entropy")
+    if not (eps_a.size == acc_a.size == ent_a.size):
+        raise ValueError(f"`eps`, `accuracy` and `mean_entropy` must have the same length, "
+                         f"got {eps_a.size}, {acc_a.size}, {ent_a.size}")
+    fig = Figure(figsize=(9, 3.5))
+    ax_acc, ax_ent = fig.subplots(1, 2)
+    ax_acc.plot(eps_a, acc_a, marker="o", label=label)
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.set_xlabel(r"$\epsilon$")
+    ax_acc.set_ylabel("accuracy")
+    ax_ent.plot(eps_a, ent_a, marker="o", label=label)
+    ax_ent.set_ylim(0, math.log(num_classes) * 1.02 if num_classes else None)
+    ax_ent.set_xlabel(r"$\epsilon$")
+    ax_ent.set_ylabel("mean entropy (nats)")
+    if label:
+        ax_acc.legend()
+    fig.suptitle("FGSM adversarial examples")
+    return _save(fig, path)
+
+
+def extreme_uncertainty_grid(images: ArrayLike, u: ArrayLike, evidence: ArrayLike, labels: ArrayLike,
+                             preds: ArrayLike, path: PathLike, *, k: int = 8) -> Path:
+    """The `k` test images with the lowest $u$ (top two rows) and the `k` with
+    the highest (bottom two rows): each image titled with true label, prediction
+    and $u$, above a bar chart of its per-class evidence (true class green,
+    predicted class red if wrong).
+
+    * `images`: `[N, H, W]` or `[N, 1, H, W]`; `u`: `[N]`; `evidence`: `[N, K]`;
+      `labels`, `preds`: `[N]` integers."""
+    imgs = _np(images, "images").astype(np.float64)
+    if imgs.ndim == 4 and imgs.shape[1] == 1:
+        imgs = imgs[:, 0]
+    if imgs.ndim != 3:
+        raise ValueError(f"`images` must have shape [N, H, W] or [N, 1, H, W], got {imgs.shape}")
+    u_a = _1d(u, "u")
+    ev = _np(evidence, "evidence").astype(np.float64)
+    lab = _np(labels, "labels").astype(int)
+    pred = _np(preds, "preds").astype(int)
+    n = imgs.shape[0]
+    if u_a.size != n or ev.ndim != 2 or ev.shape[0] != n or lab.shape != (n,) or pred.shape != (n,):
+        raise ValueError(f"need u [N], evidence [N, K], labels [N], preds [N] for N = {n} images; got "
+                         f"u {u_a.shape}, evidence {ev.shape}, labels {lab.shape}, preds {pred.shape}")
+    k = max(1, min(k, n))
+    order = np.argsort(u_a, kind="stable")
+    groups = [("lowest u", order[:k]), ("highest u", order[::-1][:k])]
+    n_classes = ev.shape[1]
+
+    fig = Figure(figsize=(1.6 * k, 7.5))
+    axes = fig.subplots(4, k, squeeze=False,
+                        gridspec_kw={"height_ratios": [1.2, 0.8, 1.2, 0.8], "hspace": 0.55})
+    for g, (group_name, idx) in enumerate(groups):
+        for j in range(k):
+            ax_img, ax_ev = axes[2 * g, j], axes[2 * g + 1, j]
+            if j >= len(idx):
+                ax_img.axis("off")
+                ax_ev.axis("off")
+                continue
+            i = idx[j]
+            ax_img.imshow(imgs[i], cmap="gray")
+            ax_img.set_title(f"y={lab[i]} ŷ={pred[i]}\nu={u_a[i]:.2f}", fontsize=8,
+                             color="black" if lab[i] == pred[i] else "red")
+            ax_img.axis("off")
+            colors = ["tab:grey"] * n_classes
+            if 0 <= pred[i] < n_classes:
+                colors[pred[i]] = "tab:red"
+            if 0 <= lab[i] < n_classes:
+                colors[lab[i]] = "tab:green"
+            ax_ev.bar(np.arange(n_classes), ev[i], color=colors)
+            ax_ev.set_xticks(np.arange(n_classes))
+            ax_ev.tick_params(labelsize=6)
+            if j == 0:
+                ax_ev.set_ylabel("evidence", fontsize=8)
+                ax_img.text(-0.4, 0.5, group_name, transform=ax_img.transAxes, rotation=90,
+                            va="center", ha="center", fontsize=10)
+    return _save(fig, path)
