@@ -124,3 +124,37 @@ def run_experiment(configs_class, defaults: Dict[str, Any], presets: Dict[str, P
           f"run folder: {run_dir}\n"
           f"evaluate:   python -m experiments.evaluate {run_dir.name}")
     return 0
+
+
+def load_trained(run: str, configs_classes: Dict[str, Any], *, data_dir: Optional[str] = None,
+                 device: Optional[str] = None):
+    """
+    Rebuilds a finished (or interrupted) run for evaluation: `(conf, run_dir, checkpoint_state)`.
+
+    `run` is a run uuid or run folder; `configs_classes` maps experiment names (the run folder's
+    parent, e.g. `evidence_mnist`) to their Configs class. The configurations are the run's saved
+    values (with `data_dir`/`device` replaced when given), the model and optimizer hold the last
+    checkpoint, and nothing is written. Raises `CheckpointError`, `DataError` or `UsageError`.
+    """
+    if use_project_folder() is None:
+        lab.get_path()
+    run_dir = find_run(run, Path(lab.get_experiments_path()))
+    kind = run_dir.parent.name
+    if kind not in configs_classes:
+        raise CheckpointError(f"{run_dir} is a run of {kind!r}, which this command cannot load; "
+                              f"known: {', '.join(configs_classes)}")
+    values = load_values(run_dir)
+    if data_dir is not None:
+        values['data_dir'] = data_dir
+    if device is not None:
+        values['device'] = device
+    values['resume'] = ''
+    values['dashboard'] = ''
+    state = load_checkpoint(run_dir)
+    conf = configs_classes[kind]()
+    # The same path `experiment.configs` takes, without creating a labml run
+    conf._set_values(values)
+    from torch import Generator
+    conf.restore(state, Generator())
+    conf.model.eval()
+    return conf, run_dir, state
