@@ -58,6 +58,28 @@ def use_project_folder(start: Optional[Path] = None) -> Optional[Path]:
     return None
 
 
+def _claim_run_folder(run_dir: Path) -> None:
+    """
+    labml leaves `run.pid` in a run folder and refuses to start a run whose folder has one.
+    On resume it is removed, unless that process is still alive (the run is still training).
+    """
+    import os
+    pid_file = run_dir / 'run.pid'
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        pid_file.unlink()  # stale: that process is gone
+        return
+    except PermissionError:
+        pass
+    if pid != os.getpid():
+        raise UsageError(f"run {run_dir.name} is still running (pid {pid}); stop it before resuming")
+    pid_file.unlink()
+
+
 def _writers(dashboard: str) -> set:
     writers = {'screen', 'file'}
     if dashboard:
@@ -107,6 +129,11 @@ def run_experiment(configs_class, defaults: Dict[str, Any], presets: Dict[str, P
     print(f"data: {conf.dataset.name} from {conf.dataset.train.images.device}, "
           f"{len(conf.dataset.train)} train / {len(conf.dataset.valid)} valid ({conf.dataset.valid_source}) / "
           f"{len(conf.dataset.test)} test images, {conf.n_classes} classes")
+    if resume_state is not None:
+        try:
+            _claim_run_folder(Path(lab.get_experiments_path()) / name / uuid)
+        except UsageError as e:
+            exit_usage(str(e))
     with experiment.start():
         run_dir = Path(lab.get_experiments_path()) / name / experiment.get_uuid()
         save_values(run_dir, values)

@@ -1,0 +1,78 @@
+"""The command line of `python -m experiments.evidence_mnist`, as a real process."""
+import pytest
+
+from configs.cli import UsageError, coerce, parse_argv, parse_literal, schema, validate
+from configs.evidence import EvidenceConfigs
+from configs.presets import DEFAULTS, PRESETS
+from tests.conftest import run_cli
+
+MODULE = 'experiments.evidence_mnist'
+
+
+def test_help_lists_every_key_with_default_and_options(workdir):
+    r = run_cli(MODULE, '--help', cwd=workdir, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for needle in ('loss_func', 'squared_error_bayes_risk', 'cross_entropy_bayes_risk', 'max_likelihood_loss',
+                   'outputs_to_evidence', 'relu | softplus | exp', 'kl_schedule', 'piecewise | paper | constant | off',
+                   'optimizer.learning_rate', 'optimizer.weight_decay', 'epochs', 'train_batch_size',
+                   'valid_batch_size', 'seed', 'device', 'data_dir', 'fashion_mnist', 'labml', 'paper', 'smoke'):
+        assert needle in r.stdout, needle
+    assert not (workdir / 'logs').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['nonsense_key=1'], "unknown key 'nonsense_key'"),
+    (['loss_func=mse'], 'loss_func=mse: unknown option; valid: max_likelihood_loss, cross_entropy_bayes_risk'),
+    (['outputs_to_evidence=tanh'], 'valid: relu, softplus, exp'),
+    (['optimizer.optimizer=Adamax'], 'valid: Adam, AdamW, SGD'),
+    (['epochs=ten'], 'epochs=ten: expected int, got str'),
+    (['epochs=-2'], "epochs=-2: must be > 0"),
+    (['dropout=1.0'], 'dropout=1.0: must be in [0, 1)'),
+    (['optimizer.learning_rate=0'], 'must be > 0'),
+    (['preset=fast'], 'preset=fast: unknown preset; valid: labml, paper, smoke'),
+    (['epochs'], "expected key=value"),
+    (['kl_div_coef_schedule=[(0.5, 0.), (0.1, 1.)]'], 'fractions must increase'),
+    (['device=tpu'], 'device'),
+    (['n_classes=3'], 'n_classes cannot be set'),
+    (['resume=0123456789abcdef'], "no run with uuid '0123456789abcdef'"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, synthetic_data_dir, args, message):
+    r = run_cli(MODULE, f'data_dir={synthetic_data_dir}', *args, cwd=workdir, timeout=60)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and message in last, last
+    assert 'Traceback' not in r.stderr
+    assert not (workdir / 'logs').exists()
+
+
+def test_missing_data_exits_2_saying_where_to_put_files(workdir, tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    r = run_cli(MODULE, f'data_dir={empty}', 'preset=smoke', cwd=workdir, timeout=120)
+    assert r.returncode == 2
+    assert 'Put the uncompressed IDX files' in r.stderr and str(empty / 'MNIST' / 'raw') in r.stderr
+    assert not (workdir / 'logs').exists()
+
+
+def test_literals_and_types():
+    fields = schema(EvidenceConfigs, DEFAULTS)
+    assert parse_literal('3e-4') == 3e-4 and parse_literal('abc') == 'abc'
+    assert coerce(fields['optimizer.learning_rate'], '1') == 1.0
+    assert coerce(fields['epochs'], '2.0') == 2
+    assert coerce(fields['optimizer.amsgrad'], 'true') is True
+    assert coerce(fields['kl_div_coef_schedule'], '[(0, 0.), (1, 1.)]') == [(0, 0.), (1, 1.)]
+    # a uuid of digits stays a string
+    assert coerce(fields['resume'], '0123') == '0123'
+    with pytest.raises(UsageError, match='expected bool'):
+        coerce(fields['optimizer.amsgrad'], '3')
+    with pytest.raises(UsageError, match='given twice'):
+        parse_argv(['epochs=1', 'epochs=2'])
+
+
+def test_presets_are_valid_and_documented():
+    fields = schema(EvidenceConfigs, DEFAULTS)
+    for name, preset in PRESETS.items():
+        validate(fields, preset.values)
+        assert preset.description
+    # the paper preset cites a source for every value it sets
+    assert set(PRESETS['paper'].reasons) == set(PRESETS['paper'].values)

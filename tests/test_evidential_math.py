@@ -1,0 +1,164 @@
+"""The evidential math against independent references: torch.distributions and Monte-Carlo estimates."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Dirichlet, kl_divergence
+
+from evidential.dirichlet import entropy, opinion
+from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, evidence_head
+from evidential.losses import (LOSSES, cross_entropy_bayes_risk, kl_uniform_regulariser, loss_function,
+                               max_likelihood_loss, squared_error_bayes_risk)
+from evidential.schedules import make_kl_schedule, validate_piecewise_points
+
+
+def test_opinion_by_hand():
+    # e = (2, 0, 1): alpha = (3, 1, 2), S = 6, p = (1/2, 1/6, 1/3), u = 3/6, b = (2/6, 0, 1/6)
+    o = opinion(torch.tensor([[2., 0., 1.]]))
+    assert torch.allclose(o.alpha, torch.tensor([[3., 1., 2.]]))
+    assert torch.allclose(o.strength, torch.tensor([6.]))
+    assert torch.allclose(o.expected_probability, torch.tensor([[1 / 2, 1 / 6, 1 / 3]]))
+    assert torch.allclose(o.uncertainty_mass, torch.tensor([0.5]))
+    assert torch.allclose(o.belief.sum(-1) + o.uncertainty_mass, torch.tensor([1.]))
+    assert o.n_classes == 3
+
+
+def test_no_evidence_is_uniform_and_fully_uncertain():
+    o = opinion(torch.zeros(4, 7))
+    assert torch.allclose(o.uncertainty_mass, torch.ones(4))
+    assert torch.allclose(o.expected_probability, torch.full((4, 7), 1 / 7))
+    assert torch.allclose(entropy(o.expected_probability), torch.full((4,), math.log(7)))
+
+
+def test_opinion_rejects_bad_shapes():
+    with pytest.raises(ValueError, match='K >= 2'):
+        opinion(torch.ones(5, 1))
+
+
+def _random_evidence(n=64, k=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # a mix of tiny and large evidence, float64 for tight comparisons
+    return (torch.rand(n, k, generator=g, dtype=torch.float64) ** 3) * 20, torch.randint(0, k, (n,), generator=g)
+
+
+def test_kl_matches_torch_distributions():
+    evidence, labels = _random_evidence()
+    y = torch.nn.functional.one_hot(labels, 10).double()
+    alpha_tilde = y + (1 - y) * (evidence + 1)
+    reference = kl_divergence(Dirichlet(alpha_tilde), Dirichlet(torch.ones_like(alpha_tilde))).mean()
+    assert torch.allclose(kl_uniform_regulariser(evidence, labels), reference, rtol=1e-10, atol=1e-10)
+
+
+def test_kl_is_zero_when_all_evidence_is_on_the_true_class():
+    labels = torch.tensor([0, 3, 9])
+    evidence = torch.nn.functional.one_hot(labels, 10).double() * 1000.
+    assert kl_uniform_regulariser(evidence, labels).abs() < 1e-9
+    # and positive as soon as a wrong class gets evidence
+    evidence[0, 1] = 5.
+    assert kl_uniform_regulariser(evidence, labels) > 0.1
+
+
+def _monte_carlo(evidence, labels, fn, n_samples=200_000, seed=1):
+    """Mean over the batch of E_{p ~ Dir(alpha)}[fn(p, y)], estimated from torch.distributions samples."""
+    torch.manual_seed(seed)
+    alpha = evidence + 1
+    p = Dirichlet(alpha).sample((n_samples,))  # [S, N, K]
+    y = torch.nn.functional.one_hot(labels, alpha.shape[-1]).double()
+    return fn(p, y).mean(0).mean()
+
+
+@pytest.mark.parametrize('name', ['cross_entropy_bayes_risk', 'squared_error_bayes_risk'])
+def test_bayes_risks_match_monte_carlo(name):
+    evidence, labels = _random_evidence(n=8, k=5, seed=2)
+    if name == 'cross_entropy_bayes_risk':
+        mc = _monte_carlo(evidence, labels, lambda p, y: -(y * p.clamp_min(1e-300).log()).sum(-1))
+    else:
+        mc = _monte_carlo(evidence, labels, lambda p, y: ((y - p) ** 2).sum(-1))
+    assert loss_function(name)(evidence, labels).item() == pytest.approx(mc.item(), rel=1e-2)
+
+
+def test_type_ii_likelihood_matches_monte_carlo():
+    # -log of the marginal likelihood E_{p ~ Dir}[p_y], per sample, averaged over the batch
+    evidence, labels = _random_evidence(n=8, k=5, seed=3)
+    torch.manual_seed(4)
+    p = Dirichlet(evidence + 1).sample((200_000,))
+    marginal = p.gather(-1, labels.expand(p.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(0)
+    assert max_likelihood_loss(evidence, labels).item() == pytest.approx(-marginal.log().mean().item(), rel=1e-2)
+
+
+def test_losses_by_hand():
+    # e = (2, 0, 1), y = 0: alpha = (3, 1, 2), S = 6
+    e, y = torch.tensor([[2., 0., 1.]], dtype=torch.float64), torch.tensor([0])
+    # ML: log 6 - log 3 = log 2
+    assert max_likelihood_loss(e, y).item() == pytest.approx(math.log(2))
+    # CE: psi(6) - psi(3) = 1/3 + 1/4 + 1/5
+    assert cross_entropy_bayes_risk(e, y).item() == pytest.approx(1 / 3 + 1 / 4 + 1 / 5)
+    # SSE: p = (1/2, 1/6, 1/3); (1/2)^2 + (1/6)^2 + (1/3)^2 + sum p(1-p)/7
+    p = [1 / 2, 1 / 6, 1 / 3]
+    expected = (1 / 2) ** 2 + (1 / 6) ** 2 + (1 / 3) ** 2 + sum(q * (1 - q) for q in p) / 7
+    assert squared_error_bayes_risk(e, y).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('head', list(EVIDENCE_HEADS))
+@pytest.mark.parametrize('loss', list(LOSSES) + ['kl'])
+def test_gradients_finite_for_extreme_evidence(head, loss):
+    logits = torch.tensor([[-1e4, 0., 1e4, 50.], [1e-8, -30., 88., 1e6]], requires_grad=True)
+    labels = torch.tensor([2, 0])
+    evidence = evidence_head(head)(logits)
+    fn = kl_uniform_regulariser if loss == 'kl' else LOSSES[loss]
+    value = fn(evidence, labels)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_exp_head_is_clamped():
+    e = evidence_head('exp')(torch.tensor([0., 5., 1e4]))
+    assert e[0] == 1. and e[1] == pytest.approx(math.exp(5), rel=1e-6)
+    assert e[2] == pytest.approx(math.exp(EXP_MAX_LOGIT), rel=1e-6)
+
+
+def test_relu_head_is_dead_below_zero_and_softplus_is_not():
+    logits = torch.tensor([-3., 2.], requires_grad=True)
+    evidence_head('relu')(logits).sum().backward()
+    assert logits.grad.tolist() == [0., 1.]
+    logits.grad = None
+    evidence_head('softplus')(logits).sum().backward()
+    assert logits.grad[0] > 0
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match='valid: relu, softplus, exp'):
+        evidence_head('tanh')
+    with pytest.raises(ValueError, match='squared_error_bayes_risk'):
+        loss_function('mse')
+    with pytest.raises(ValueError, match='piecewise, paper, constant, off'):
+        make_kl_schedule('linear', samples_per_epoch=10, epochs=1)
+
+
+def test_loss_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match=r'labels must have shape \[N\] = \[2\]'):
+        squared_error_bayes_risk(torch.ones(2, 3), torch.tensor([0, 1, 2]))
+
+
+def test_paper_schedule_is_min_one_epoch_over_ten():
+    s = make_kl_schedule('paper', samples_per_epoch=100, epochs=20)
+    assert [s(0), s(50), s(100), s(550), s(1000), s(5000)] == [0., 0.05, 0.1, 0.55, 1., 1.]
+
+
+def test_piecewise_schedule_interpolates_fractions_of_training():
+    # 10 epochs x 100 samples; points (0, 0), (0.2, 0.01), (1, 1): at 20% -> 0.01, at 60% -> 0.01 + 0.99/2
+    s = make_kl_schedule('piecewise', samples_per_epoch=100, epochs=10, points=[(0, 0.), (0.2, 0.01), (1, 1.)])
+    assert s(0) == 0. and s(100) == pytest.approx(0.005) and s(200) == pytest.approx(0.01)
+    assert s(600) == pytest.approx(0.505) and s(1000) == 1. and s(2000) == 1.
+
+
+def test_constant_and_off_schedules():
+    assert make_kl_schedule('constant', samples_per_epoch=1, epochs=1, coef=0.3)(12345) == 0.3
+    assert make_kl_schedule('off', samples_per_epoch=1, epochs=1)(10) == 0.
+
+
+@pytest.mark.parametrize('points', [[(0, 0.)], [(0.5, 0.), (0.2, 1.)], [(0, -1.), (1, 1.)], 'abc', [(0, 0), (2, 1)]])
+def test_piecewise_points_are_validated(points):
+    with pytest.raises(ValueError, match='KL schedule'):
+        validate_piecewise_points(points)
