@@ -59,6 +59,8 @@ class Prediction:
     uncertainty: Optional[torch.Tensor] = None
     # Total evidence S (evidential models only)
     strength: Optional[torch.Tensor] = None
+    # Mutual information between prediction and model parameters (sampling models: MC dropout, ensembles)
+    mutual_information: Optional[torch.Tensor] = None
 
 
 QUANTILES = (0.1, 0.5, 0.9)
