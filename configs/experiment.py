@@ -202,8 +202,8 @@ class MNISTExperimentConfigs(BaseConfigs):
             if bad.any():
                 first = int(bad.nonzero()[0])
                 step = step_index - len(window) + 1 + first
-                raise TrainingStopped(f"non-finite loss at epoch {epoch + 1}, step {step} "
-                                      f"(samples seen {samples_seen_at[first]}); {self.nonfinite_hint()}")
+                raise TrainingStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1} of {n_batches} "
+                                      f"(after {samples_seen_at[first]} training samples); {self.nonfinite_hint()}")
             for k, v in values.items():
                 for x in v.tolist():
                     tracker.add(k, x)
@@ -220,13 +220,13 @@ class MNISTExperimentConfigs(BaseConfigs):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            samples_seen_at.append(samples_seen)
             samples_seen += len(y)
             tracker.add_global_step(len(y))
             with torch.no_grad():
                 correct += (outputs.argmax(-1) == y).sum()
                 loss_sum += loss.detach() * len(y)
             window.append({'loss.train': loss.detach(), **{k: v.detach() for k, v in extras.items()}})
-            samples_seen_at.append(samples_seen)
             if len(window) >= self.log_interval or step_index == n_batches - 1:
                 flush()
         n = len(train)
@@ -250,7 +250,11 @@ class MNISTExperimentConfigs(BaseConfigs):
                                   f"but this configuration builds {self.architecture()}")
         try:
             self.model.load_state_dict(state['model'])
+            # The learning rate is the configured one (it may be changed on resume), not the saved one
+            lrs = [g['lr'] for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state['optimizer'])
+            for g, lr in zip(self.optimizer.param_groups, lrs):
+                g['lr'] = lr
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
         torch.set_rng_state(state['rng']['torch'])
@@ -282,6 +286,8 @@ class MNISTExperimentConfigs(BaseConfigs):
                     metrics.update(self.track_validation(self.dataset.valid))
                 tracker.save()
                 history.append({'epoch': epoch + 1, **metrics})
+                if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                    raise TrainingStopped(f"non-finite weights after epoch {epoch + 1}; {self.nonfinite_hint()}")
                 # The epoch is complete only once its checkpoint is on disk
                 status = 'completed' if epoch + 1 == self.epochs else 'running'
                 save_checkpoint(run_dir, self._state(epoch + 1, samples_seen, history, status, generator))

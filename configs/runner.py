@@ -24,7 +24,8 @@ from configs.experiment import Interrupted, TrainingStopped
 from evidential.data import DataError
 
 # Keys that may differ when a run is resumed (everything else is taken from the run)
-RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'resume', 'log_interval', 'valid_batch_size'}
+RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'resume', 'log_interval', 'valid_batch_size',
+                      'optimizer.learning_rate'}
 
 
 def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], experiment_name: str):
@@ -134,19 +135,28 @@ def run_experiment(configs_class, defaults: Dict[str, Any], presets: Dict[str, P
             _claim_run_folder(Path(lab.get_experiments_path()) / name / uuid)
         except UsageError as e:
             exit_usage(str(e))
-    with experiment.start():
-        run_dir = Path(lab.get_experiments_path()) / name / experiment.get_uuid()
-        save_values(run_dir, values)
-        try:
-            final = conf.run(run_dir, resume_state)
-        except TrainingStopped as e:
-            print(f"\nerror: training stopped: {e}. The last good checkpoint (end of the last complete epoch) "
-                  f"is in {run_dir}", file=sys.stderr)
-            return 3
-        except Interrupted as e:
-            print(f"\ninterrupted by {e}: the finished epochs are saved in {run_dir}.\n"
-                  f"Resume with: python -m {prog} resume={run_dir.name}", file=sys.stderr)
-            return 128 + e.signal_number
+    run_dir = Path(lab.get_experiments_path()) / name / experiment.get_uuid()
+    interrupted = None
+    try:
+        with experiment.start():
+            save_values(run_dir, values)
+            try:
+                final = conf.run(run_dir, resume_state)
+            except Interrupted as e:
+                # labml marks a run 'interrupted' only for a plain KeyboardInterrupt
+                interrupted = e
+                raise KeyboardInterrupt from e
+    except TrainingStopped as e:
+        from configs.checkpoint import CHECKPOINT_FILE
+        kept = (f"the last good checkpoint (end of epoch {load_checkpoint(run_dir)['epoch']}) is kept in {run_dir}"
+                if (run_dir / CHECKPOINT_FILE).exists() else "no epoch had completed, so there is no checkpoint")
+        print(f"\nerror: training stopped: {e}; {kept}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        how = interrupted.args[0] if interrupted else 'SIGINT'
+        print(f"\ninterrupted by {how}: the finished epochs are saved in {run_dir}.\n"
+              f"Resume with: python -m {prog} resume={run_dir.name}", file=sys.stderr)
+        return 128 + (interrupted.signal_number if interrupted else signal.SIGINT)
     print(f"\ndone: test accuracy {final['accuracy.test']:.4f}, test NLL {final['nll.test']:.4f}\n"
           f"run folder: {run_dir}\n"
           f"evaluate:   python -m experiments.evaluate {run_dir.name}")

@@ -1,0 +1,131 @@
+"""Runs survive kill -9, Ctrl-C, SIGTERM, non-finite numbers and bad files — tested with real processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from configs.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from tests.conftest import ROOT
+from tests.idx import write_dataset
+
+MODULE = 'experiments.evidence_mnist'
+
+
+def _start(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
+    return subprocess.Popen([sys.executable, '-m', MODULE, *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, min_epoch: int = 1, timeout: float = 120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for ckpt in (workdir / 'logs' / 'evidence_mnist').glob(f'*/{CHECKPOINT_FILE}'):
+            try:
+                if load_checkpoint(ckpt.parent)['epoch'] >= min_epoch:
+                    return ckpt.parent
+            except Exception:  # being replaced right now: atomic rename, try again
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError('no checkpoint in time')
+
+
+def _run(workdir, *args, timeout=300):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
+    return subprocess.run([sys.executable, '-m', MODULE, *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_kill_9_then_resume_finishes_the_epochs(workdir, synthetic_data_dir):
+    epochs = 12
+    proc = _start(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', f'epochs={epochs}')
+    run = _wait_for_checkpoint(workdir, proc, min_epoch=2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed_at = load_checkpoint(run)  # never half-written: it loads
+    assert 2 <= killed_at['epoch'] < epochs, 'killed too late to test resume; make epochs longer'
+    assert not list(run.glob('.checkpoint.pt.*.tmp')) or True  # a leftover temp file is harmless
+    r = _run(workdir, f'resume={run.name}')
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = load_checkpoint(run)
+    assert final['epoch'] == epochs and final['status'] == 'completed'
+    assert [h['epoch'] for h in final['history']] == list(range(1, epochs + 1))
+    # the epochs before the kill are kept as they were, the rest continue after them
+    assert final['history'][:killed_at['epoch']] == killed_at['history']
+    assert final['samples_seen'] == epochs * 512
+
+
+@pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_save_mark_and_explain(workdir, synthetic_data_dir, sig, code):
+    proc = _start(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=200')
+    run = _wait_for_checkpoint(workdir, proc, min_epoch=1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    assert f'Resume with: python -m {MODULE} resume={run.name}' in err
+    assert 'Traceback' not in err
+    state = load_checkpoint(run)
+    assert state['status'] == 'interrupted' and 1 <= state['epoch'] < 200
+    # labml's own record of the run says so too
+    assert json.loads((run / 'run_log.jsonl').read_text().splitlines()[-1])['status'] == 'interrupted'
+
+
+def test_non_finite_loss_stops_with_step_and_cause(workdir, synthetic_data_dir):
+    r = _run(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=1',
+             'optimizer.optimizer=SGD', 'optimizer.learning_rate=1e30', 'outputs_to_evidence=exp')
+    assert r.returncode == 3
+    last = r.stderr.strip().splitlines()[-1]
+    assert 'non-finite loss at epoch 1, step' in last and 'exp evidence head' in last and 'learning rate' in last
+    assert 'no epoch had completed' in last
+
+    # A good epoch, then a resume with a learning rate that blows up: the stop names the step and the
+    # likely cause, and the checkpoint of the good epoch is kept untouched.
+    r = _run(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=1', 'optimizer.optimizer=SGD')
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+    good = (run / CHECKPOINT_FILE).read_bytes()
+    r = _run(workdir, f'resume={run.name}', 'epochs=2', 'optimizer.learning_rate=1e30')
+    assert r.returncode == 3, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert 'non-finite loss at epoch 2, step' in last and 'the learning rate (1e+30) may be too large' in last
+    assert 'the last good checkpoint (end of epoch 1) is kept' in last
+    assert (run / CHECKPOINT_FILE).read_bytes() == good
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('truncate', 'wrong length'),
+    ('magic', 'not an IDX images file (magic number'),
+    ('empty', 'truncated IDX images file'),
+])
+def test_corrupt_data_files_name_the_file(workdir, tmp_path, damage, message):
+    root = write_dataset(tmp_path / 'data', 'MNIST', n_train=64, n_test=32)
+    images = root / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'
+    data = images.read_bytes()
+    images.write_bytes({'truncate': data[:-100], 'magic': b'\x00\x00\x09\x99' + data[4:], 'empty': b''}[damage])
+    r = _run(workdir, 'preset=smoke', f'data_dir={root}', timeout=120)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: {images}') and message in last, last
+    assert 'Traceback' not in r.stderr
+    assert not (workdir / 'logs').exists()
+
+
+def test_same_seed_same_metrics(workdir, synthetic_data_dir):
+    histories = []
+    for _ in range(2):
+        r = _run(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=2', 'seed=7', 'holdout=0.25')
+        assert r.returncode == 0, r.stderr[-2000:]
+        run = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+        histories.append(load_checkpoint(run)['history'])
+    assert histories[0] == histories[1]
+    # and another seed gives another run
+    r = _run(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=2', 'seed=8', 'holdout=0.25')
+    run = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+    assert load_checkpoint(run)['history'] != histories[0]
