@@ -1,0 +1,97 @@
+"""The labml_nn reference contender of the benchmark runs end to end on tiny data."""
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+N_TRAIN = 256
+N_TEST = 128
+
+
+def _write_idx_images(path: Path, images: np.ndarray) -> None:
+    n, rows, cols = images.shape
+    with open(path, 'wb') as f:
+        f.write(struct.pack('>IIII', 2051, n, rows, cols))
+        f.write(images.astype(np.uint8).tobytes())
+
+
+def _write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    with open(path, 'wb') as f:
+        f.write(struct.pack('>II', 2049, len(labels)))
+        f.write(labels.astype(np.uint8).tobytes())
+
+
+def _synthetic_mnist(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
+    """Torchvision-layout MNIST (root/MNIST/raw/*-ubyte) with a learnable pattern:
+    class k lights up a horizontal band at rows 2k..2k+7, plus noise."""
+    rng = np.random.default_rng(0)
+    raw = root / 'MNIST' / 'raw'
+    raw.mkdir(parents=True)
+
+    def make(n):
+        labels = rng.integers(0, 10, size=n)
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k:2 * k + 8, 4:24] = 255
+        return images, labels
+
+    for prefix, n in (('train', n_train), ('t10k', n_test)):
+        images, labels = make(n)
+        _write_idx_images(raw / f'{prefix}-images-idx3-ubyte', images)
+        _write_idx_labels(raw / f'{prefix}-labels-idx1-ubyte', labels)
+    return root
+
+
+def test_reference_runs_on_synthetic_mnist(tmp_path):
+    data_dir = _synthetic_mnist(tmp_path / 'data')
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.reference_labml_nn',
+         '--data-dir', str(data_dir), '--epochs', '1', '--batch-size', '64',
+         '--device', 'cpu', '--seed', '0', '--quiet'],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout  # stdout is exactly one JSON dict
+    result = json.loads(lines[0])
+
+    for key in ('train_samples_per_s', 'epoch_s', 'peak_rss_mb', 'test_accuracy',
+                'epochs', 'batch_size'):
+        assert key in result, key
+        assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), key
+
+    assert result['epochs'] == 1
+    assert result['batch_size'] == 64
+    assert result['train_samples_per_s'] > 0
+    assert result['epoch_s'] > 0
+    assert result['peak_rss_mb'] > 10
+    assert 0.0 <= result['test_accuracy'] <= 1.0
+    assert result['train_samples'] == N_TRAIN
+    assert result['test_samples'] == N_TEST
+    assert result['inner_iterations'] == 10  # labml_nn's schedule left untouched
+    assert result['eval_images_per_s'] > 0
+    # the epoch (train + validation) contains the timed training chunks
+    assert result['train_s'] <= result['epoch_s'] + 1e-6
+    assert math.isclose(result['train_samples_per_s'], N_TRAIN / result['train_s'],
+                        rel_tol=1e-6)
+
+
+def test_missing_files_fail_without_download(tmp_path):
+    """Empty data dir: refuse up front instead of letting torchvision download."""
+    proc = subprocess.run(
+        [sys.executable, '-c',
+         'import sys; from experiments.reference_labml_nn import run_labml_nn_reference as r; '
+         'r(sys.argv[1], 1, 64, "cpu", 0)', str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert 'FileNotFoundError' in proc.stderr
