@@ -1,0 +1,131 @@
+"""
+Benchmark: this project's training path against labml_nn's own evidential MNIST experiment.
+
+    python -m experiments.benchmark [--data-dir DIR] [--epochs 1] [--batch-size 64] [--device auto] [--repeats 1]
+
+Both contenders train the labml_nn tutorial's settings (LeNet, SSE Bayes risk, softplus, Adam 1e-3,
+weight decay 5e-3, dropout 0.5, piecewise KL) on the same files, batch size and epochs, each in its
+own child process (so peak RSS is its own), one after the other. Printed for each: train samples/s,
+epoch wall time (train + validation), peak RSS, final test accuracy and evaluation images/s; then
+the ratios. The last line is `speedup_vs_labml_nn: X.XX` (labml_nn epoch time / ours).
+
+With `--repeats N` each contender runs N times and the fastest run counts (the least disturbed by
+other work on the machine).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _child(cmd, cwd) -> dict:
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({' '.join(cmd[2:4])}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def ours(data_dir: str, epochs: int, batch_size: int, device: str) -> dict:
+    """This project's default training path, as `python -m experiments.evidence_mnist preset=labml` runs it."""
+    import contextlib
+    import io
+
+    import torch
+    from configs.evidence import EvidenceConfigs
+    from configs.runner import load_trained
+    from experiments.evidence_mnist import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / '.labml.yaml').write_text('data_path: data\nexperiments_path: logs\n')
+        os.chdir(tmp)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(['preset=labml', f'data_dir={data_dir}', f'epochs={epochs}',
+                         f'train_batch_size={batch_size}', f'device={device}'])
+        run_s = time.perf_counter() - started
+        if code != 0:
+            raise SystemExit(f"training failed with exit code {code}")
+        run = next((Path(tmp) / 'logs' / 'evidence_mnist').iterdir()).name
+        conf, _, state = load_trained(run, {'evidence_mnist': EvidenceConfigs})
+        history = state['history']
+        test = conf.dataset.test
+        conf.evaluate(test)  # warm-up
+        if test.images.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        pred, correct = conf.evaluate(test)
+        accuracy = correct.float().mean().item()
+        eval_s = time.perf_counter() - t
+    epoch_s = [h['time.epoch_s'] for h in history]
+    return {
+        'train_samples_per_s': sum(h['time.train_samples_per_s'] for h in history) / len(history),
+        'epoch_s': sum(epoch_s) / len(epoch_s), 'epoch_s_list': epoch_s,
+        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        'test_accuracy': accuracy, 'eval_images_per_s': len(test) / eval_s, 'run_s': run_s,
+        'device': str(test.images.device), 'torch_threads': torch.get_num_threads(),
+    }
+
+
+def _best(runs):
+    return min(runs, key=lambda r: r['epoch_s'])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], prog='python -m experiments.benchmark')
+    p.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data'),
+                   help='folder holding MNIST/raw (default: ../shared/data)')
+    p.add_argument('--epochs', type=int, default=1)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--device', default='auto', help='auto, cpu or cuda')
+    p.add_argument('--repeats', type=int, default=1, help='runs per contender; the fastest counts')
+    p.add_argument('--child', choices=['ours'], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.repeats < 1:
+        p.error('--epochs, --batch-size and --repeats must be >= 1')
+
+    if args.child == 'ours':
+        print(json.dumps(ours(args.data_dir, args.epochs, args.batch_size, args.device)))
+        return 0
+
+    if not (Path(args.data_dir) / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte').exists():
+        p.error(f'no MNIST files under {args.data_dir}/MNIST/raw (pass --data-dir)')
+    import torch
+    device = args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
+    print(f"benchmark: {args.epochs} epoch(s), batch {args.batch_size}, device {device}, "
+          f"{os.cpu_count()} CPU cores, torch {torch.__version__}, best of {args.repeats}", flush=True)
+    common = ['--data-dir', args.data_dir, '--epochs', str(args.epochs), '--batch-size', str(args.batch_size),
+              '--device', device]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cmd in (
+                ('labml_nn', [sys.executable, '-m', 'experiments.reference_labml_nn', *common, '--quiet']),
+                ('ours', [sys.executable, '-m', 'experiments.benchmark', '--child', 'ours', *common])):
+            runs = []
+            for i in range(args.repeats):
+                runs.append(_child(cmd, tmp))
+                print(f"  {name} run {i + 1}: epoch {runs[-1]['epoch_s']:.2f} s", flush=True)
+            results[name] = _best(runs)
+
+    ref, our = results['labml_nn'], results['ours']
+    rows = [('train samples/s', 'train_samples_per_s', '{:,.0f}'), ('epoch time (s)', 'epoch_s', '{:.2f}'),
+            ('peak RSS (MB)', 'peak_rss_mb', '{:,.0f}'), ('test accuracy', 'test_accuracy', '{:.4f}'),
+            ('eval images/s', 'eval_images_per_s', '{:,.0f}')]
+    print(f"\n{'':<18}{'labml_nn':>12}{'ours':>12}{'ratio':>9}")
+    for label, key, fmt in rows:
+        ratio = our[key] / ref[key] if ref[key] else float('nan')
+        print(f"{label:<18}{fmt.format(ref[key]):>12}{fmt.format(our[key]):>12}{ratio:>8.2f}x")
+    print(json.dumps({'labml_nn': ref, 'ours': our}))
+    print(f"speedup_vs_labml_nn: {ref['epoch_s'] / our['epoch_s']:.2f}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
