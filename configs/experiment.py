@@ -23,7 +23,9 @@ from labml.configs import BaseConfigs, option
 from labml_nn.optimizers.configs import OptimizerConfigs
 
 from evidential.data import TensorSplit, dataset_spec, load_split, tensor_split
+from evidential.augment import random_affine
 from evidential.model import LeNet
+from evidential.schedules import cosine_decay
 from configs.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -93,6 +95,12 @@ class MNISTExperimentConfigs(BaseConfigs):
     valid_batch_size: int = 256
     # Training steps between two tracker writes (per-step values are averaged over them)
     log_interval: int = 10
+    # Learning rate over training: `constant`, or `cosine` decay to 0 (per step)
+    lr_schedule: str = 'constant'
+    # Light augmentation of training images: random shifts up to this many pixels ...
+    augment_shift: float = 0.0
+    # ... and random rotations up to this many degrees (0 and 0: none)
+    augment_rotate: float = 0.0
 
     # Model body, chosen by name
     model: nn.Module
@@ -214,7 +222,14 @@ class MNISTExperimentConfigs(BaseConfigs):
         samples_seen_at: List[int] = []
         step_index = 0
         batches = train.batches(self.train_batch_size, generator)
+        base_lrs = [g.setdefault('initial_lr', g['lr']) for g in self.optimizer.param_groups]
+        total_samples = self.epochs * len(train)
         for step_index, (x, y) in zip(monit.iterate('Train', n_batches), batches):
+            if self.lr_schedule == 'cosine':
+                factor = cosine_decay(samples_seen / total_samples)
+                for g, lr in zip(self.optimizer.param_groups, base_lrs):
+                    g['lr'] = lr * factor
+            x = random_affine(x, self.augment_shift, self.augment_rotate, generator)
             outputs = self.model(x)
             loss, extras = self.training_loss(outputs, y, samples_seen)
             self.optimizer.zero_grad(set_to_none=True)
@@ -254,7 +269,7 @@ class MNISTExperimentConfigs(BaseConfigs):
             lrs = [g['lr'] for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state['optimizer'])
             for g, lr in zip(self.optimizer.param_groups, lrs):
-                g['lr'] = lr
+                g['lr'] = g['initial_lr'] = lr
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
         torch.set_rng_state(state['rng']['torch'])

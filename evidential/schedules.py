@@ -75,3 +75,10 @@ def make_kl_schedule(name: str, *, samples_per_epoch: int, epochs: int,
     if name not in factories:
         raise ValueError(f"unknown KL schedule {name!r}; valid: {', '.join(KL_SCHEDULES)}")
     return factories[name]()
+
+
+def cosine_decay(progress: float) -> float:
+    r"""Learning-rate factor $\frac{1}{2}(1 + \cos(\pi \cdot \text{progress}))$, from 1 at the start to 0 at the end."""
+    import math
+    progress = min(max(progress, 0.), 1.)
+    return 0.5 * (1 + math.cos(math.pi * progress))
