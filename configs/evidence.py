@@ -5,6 +5,7 @@ Adds to the shared configurations what makes a model evidential: the evidence he
 (`outputs_to_evidence`), the Bayes-risk loss (`loss_func`) and the annealed KL regulariser
 (`kl_schedule`). All the math lives in `evidential/`; this file only wires it to labml options.
 """
+from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -22,7 +23,8 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     ## Evidential experiment
 
     * `outputs_to_evidence`: `relu`, `softplus`, `exp`
-    * `loss_func`: `max_likelihood_loss` (Eq. 3), `cross_entropy_bayes_risk` (Eq. 4), `squared_error_bayes_risk` (Eq. 5)
+    * `loss_func`: `max_likelihood_loss` (Eq. 3), `cross_entropy_bayes_risk` (Eq. 4), `squared_error_bayes_risk` (Eq. 5),
+      `relaxed_squared_error` (R-EDL, with `prior_weight`)
     * `kl_schedule`: `piecewise` (`kl_div_coef_schedule`), `paper` (min(1, epoch/10)), `constant` (`kl_coef`), `off`
     """
     experiment_name: str = 'evidence_mnist'
@@ -37,6 +39,9 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     kl_div_coef_schedule: List[Tuple[float, float]] = [(0, 0.), (0.2, 0.01), (1, 1.)]
     # $\lambda$ of the `constant` schedule
     kl_coef: float = 1.0
+    # Prior weight: evidence the uniform prior adds to each class, $\alpha_k = e_k + \lambda$ and
+    # $u = K\lambda/S$; 1 in Sensoy et al., 0.1 in R-EDL (used by `relaxed_squared_error` and predictions)
+    prior_weight: float = 1.0
 
     def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor,
                       samples_seen: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -52,7 +57,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
         return loss, {'risk.train': risk, 'kl.train': kl, 'kl_coef': torch.tensor(coef)}
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
-        o = opinion(self.outputs_to_evidence(outputs))
+        o = opinion(self.outputs_to_evidence(outputs), self.prior_weight)
         return Prediction(probs=o.expected_probability, uncertainty=o.uncertainty_mass, strength=o.strength)
 
     def nonfinite_hint(self) -> str:
@@ -72,7 +77,11 @@ for _name, _fn in EVIDENCE_HEADS.items():
     option(EvidenceConfigs.outputs_to_evidence, _name)((lambda fn: lambda c: fn)(_fn))
 
 for _name, _fn in LOSSES.items():
-    option(EvidenceConfigs.loss_func, _name)((lambda fn: lambda c: fn)(_fn))
+    if _name == 'relaxed_squared_error':
+        # R-EDL's loss uses the configured prior weight, the same one predictions use
+        option(EvidenceConfigs.loss_func, _name)((lambda fn: lambda c: partial(fn, prior_weight=c.prior_weight))(_fn))
+    else:
+        option(EvidenceConfigs.loss_func, _name)((lambda fn: lambda c: fn)(_fn))
 
 for _name in KL_SCHEDULES:
     option(EvidenceConfigs.kl_schedule, _name)(

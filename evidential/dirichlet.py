@@ -51,23 +51,28 @@ class Opinion:
         return self.evidence.sum(-1)
 
 
-def opinion(evidence: torch.Tensor) -> Opinion:
+def opinion(evidence: torch.Tensor, prior_weight: float = 1.) -> Opinion:
     r"""
     Computes $\boldsymbol\alpha$, $S$, $\hat{\mathbf{p}}$ and $u$ from evidence of shape `[..., K]`.
 
     The number of classes $K$ is the size of the last dimension; nothing is hard-coded.
+    `prior_weight` $\lambda$ is the evidence the uniform prior contributes to each class: $1$ in
+    Sensoy et al.; R-EDL (Chen et al., ICLR 2024) treats it as a hyperparameter, with
+    $\alpha_k = e_k + \lambda$ and $u = K\lambda / S$.
     """
     if evidence.dim() < 1 or evidence.shape[-1] < 2:
         raise ValueError(f"evidence must have shape [..., K] with K >= 2 classes, got {tuple(evidence.shape)}")
+    if prior_weight <= 0:
+        raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
     n_classes = evidence.shape[-1]
-    # $\alpha_k = e_k + 1$
-    alpha = evidence + 1.
+    # $\alpha_k = e_k + \lambda$ ($\lambda = 1$: $\alpha_k = e_k + 1$)
+    alpha = evidence + prior_weight
     # $S = \sum_{k=1}^K \alpha_k$
     strength = alpha.sum(dim=-1)
     # $\hat{p}_k = \frac{\alpha_k}{S}$
     expected_probability = alpha / strength.unsqueeze(-1)
-    # $u = \frac{K}{S}$
-    uncertainty_mass = n_classes / strength
+    # $u = \frac{K \lambda}{S}$ ($\lambda = 1$: $u = K / S$)
+    uncertainty_mass = n_classes * prior_weight / strength
     return Opinion(evidence=evidence, alpha=alpha, strength=strength,
                    expected_probability=expected_probability, uncertainty_mass=uncertainty_mass)
 

@@ -76,6 +76,21 @@ def squared_error_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> to
     return loss.mean()
 
 
+def relaxed_squared_error(evidence: torch.Tensor, labels: torch.Tensor, prior_weight: float = 0.1) -> torch.Tensor:
+    r"""
+    R-EDL's relaxed loss (Chen et al., ICLR 2024, "R-EDL: Relaxing Nonessential Settings of EDL"):
+    the squared error of the expected probability under a prior of weight $\lambda$,
+    $\hat{p}_k = (e_k + \lambda) / (\sum_j e_j + K\lambda)$, **without** the variance term of Eq. 5,
+    which R-EDL shows pushes evidence up regardless of the data:
+    $$\mathcal{L} = \sum_k (y_k - \hat{p}_k)^2.$$
+    The paper's default is $\lambda = 0.1$.
+    """
+    y = _one_hot(evidence, labels)
+    p = opinion(evidence, prior_weight).expected_probability
+    # $\sum_k (y_k - \hat{p}_k)^2$
+    return ((y - p) ** 2).sum(dim=-1).mean()
+
+
 def kl_uniform_regulariser(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r"""$\text{KL}[\text{Dir}(\tilde{\boldsymbol\alpha}) \| \text{Dir}(\mathbf{1})]$ with the true class's evidence removed."""
     y = _one_hot(evidence, labels)
@@ -100,6 +115,7 @@ LOSSES: Dict[str, LossFunction] = {
     'max_likelihood_loss': max_likelihood_loss,
     'cross_entropy_bayes_risk': cross_entropy_bayes_risk,
     'squared_error_bayes_risk': squared_error_bayes_risk,
+    'relaxed_squared_error': relaxed_squared_error,
 }
 
 

@@ -162,3 +162,18 @@ def test_constant_and_off_schedules():
 def test_piecewise_points_are_validated(points):
     with pytest.raises(ValueError, match='KL schedule'):
         validate_piecewise_points(points)
+
+
+def test_relaxed_squared_error_by_hand_and_prior_weight_one():
+    from evidential.losses import relaxed_squared_error
+    # e = (2, 0, 1), y = 0, lambda = 0.1: p = (2.1, 0.1, 1.1) / 3.3
+    e, y = torch.tensor([[2., 0., 1.]], dtype=torch.float64), torch.tensor([0])
+    p = [2.1 / 3.3, 0.1 / 3.3, 1.1 / 3.3]
+    expected = (1 - p[0]) ** 2 + p[1] ** 2 + p[2] ** 2
+    assert relaxed_squared_error(e, y).item() == pytest.approx(expected)
+    # with lambda = 1 it is Eq. 5 without its variance term
+    o = opinion(e)
+    sse_without_var = ((torch.tensor([[1., 0., 0.]], dtype=torch.float64) - o.expected_probability) ** 2).sum()
+    assert relaxed_squared_error(e, y, prior_weight=1.).item() == pytest.approx(sse_without_var.item())
+    # the uncertainty mass of a relaxed opinion: u = K lambda / S = 0.3 / 3.3
+    assert opinion(e, prior_weight=0.1).uncertainty_mass.item() == pytest.approx(0.3 / 3.3)
