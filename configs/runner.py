@@ -82,15 +82,14 @@ def _claim_run_folder(run_dir: Path) -> None:
 
 
 def _writers(dashboard: str) -> set:
+    """Screen and file writers, plus labml's app writer when a dashboard answers.
+
+    `dashboard=` names it; without it, `app_url` from `.labml.yaml` (or `labml_app_url`) is used.
+    """
     writers = {'screen', 'file'}
-    if dashboard:
-        try:
-            from experiments.dashboard.client import attach
-        except ImportError:
-            print("warning: dashboard support is not installed; logging to local files only", file=sys.stderr)
-            return writers
-        if attach(dashboard):
-            writers.add('app')
+    from experiments.dashboard.client import attach
+    if attach(dashboard or None):
+        writers.add('app')
     return writers
 
 

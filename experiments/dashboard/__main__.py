@@ -1,0 +1,133 @@
+"""``python -m experiments.dashboard``: start the labml dashboard.
+
+    python -m experiments.dashboard [--host 127.0.0.1] [--port 5005] [--data DIR]
+    python -m experiments.dashboard --mongo [HOST[:PORT]]
+
+Open the printed URL in a browser; point runs at it with
+``python -m experiments.evidence_mnist dashboard=http://127.0.0.1:5005``.
+Exit status: 0 after Ctrl-C / SIGTERM, 2 on a usage or start-up error
+(port in use, data folder locked, MongoDB unreachable).
+"""
+
+import argparse
+import ipaddress
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+DEFAULT_PORT = 5005
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'data' / 'dashboard'
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog='python -m experiments.dashboard',
+        description='Watch labml runs live: the labml-app dashboard with an embedded file store '
+                    '(no database server) and no internet access needed.')
+    p.add_argument('--host', default='127.0.0.1',
+                   help='address to bind (default: 127.0.0.1, this machine only; '
+                        'the dashboard has no login, so think twice before 0.0.0.0)')
+    p.add_argument('--port', type=int, default=DEFAULT_PORT,
+                   help=f'port to listen on (default: {DEFAULT_PORT}; 0 picks a free port)')
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, metavar='DIR',
+                   help=f'folder of the embedded store; kept across restarts (default: {DEFAULT_DATA})')
+    p.add_argument('--mongo', nargs='?', const='localhost:27017', default=None, metavar='HOST[:PORT]',
+                   help="use labml-app's native MongoDB storage instead of the file store "
+                        '(default address: localhost:27017)')
+    p.add_argument('--access-log', action='store_true', help='log every HTTP request')
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f'--port must be in 0..65535, got {args.port}')
+    return args
+
+
+def _fail(message: str) -> NoReturn:
+    print(f'dashboard: error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so "port in use" is one clear line.
+
+    The bound socket is handed to uvicorn, so nothing can take the port in between.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        _fail(f'cannot resolve --host {host!r}: {e.strerror}')
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == 98:  # EADDRINUSE
+            _fail(f'port {port} on {host} is already in use (is a dashboard already running? '
+                  f'pick another with --port)')
+        _fail(f'cannot listen on {host}:{port}: {e.strerror}')
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == 'localhost'
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+
+    from . import server, storage
+    server.set_labml_app_env(args.host, port)
+    try:
+        if args.mongo is not None:
+            store = storage.init_mongo_store(args.mongo)
+        else:
+            store = str(storage.init_file_store(args.data))
+        app = server.create_app(store)
+    except storage.StoreError as e:
+        sock.close()
+        _fail(str(e))
+
+    import uvicorn
+    url_host = f'[{host}]' if ':' in host else host
+    banner = f'labml dashboard: http://{url_host}:{port}  (store: {store})'
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            print(banner, flush=True)  # printed once the server accepts requests
+
+    if not _is_loopback(args.host):
+        print(f'dashboard: warning: listening on {args.host}; anyone who can reach this port can '
+              f'read and delete runs (there is no login)', file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level='warning', access_log=args.access_log,
+                            timeout_graceful_shutdown=3)
+    _Server(config).run(sockets=[sock])
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _entry() -> int:
+    # SIGTERM stops the dashboard like Ctrl-C: uvicorn shuts down gracefully, then
+    # re-raises the signal to the handler installed here, which ends with status 0.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == '__main__':
+    sys.exit(_entry())

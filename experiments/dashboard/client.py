@@ -1,0 +1,240 @@
+"""Point a labml run at the dashboard: :func:`attach`, called before ``experiment.create``.
+
+    from experiments.dashboard.client import attach
+    writers = {'screen', 'file'}
+    if attach(dashboard_url):        # e.g. 'http://127.0.0.1:5005', or None
+        writers.add('app')
+    experiment.create(name='evidence_mnist', writers=writers)
+
+What it changes in labml 0.5.3 (only after the dashboard answered):
+
+* ``lab.configure``-style settings: ``app_url`` (the dashboard's run-update
+  endpoint) and ``app_open_browser: False`` (labml would otherwise open a browser
+  tab from the training process);
+* labml's app-client thread class (``labml.internal.app._AppTrackThread``) is
+  replaced by :class:`BoundedAppTrackThread`. The stock thread retries a failed
+  update forever, sleeping 10 s, 20 s, 30 s, ... and is not a daemon, so a
+  dashboard that dies mid-run keeps the process alive for minutes (forever, in
+  fact) after training ends. The replacement retries while the run is live, but
+  at exit gives the last updates at most :data:`EXIT_FLUSH_S` seconds.
+"""
+
+import atexit
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Optional
+
+from labml.internal.app import _AppTrackThread as _LabmlAppTrackThread
+
+HEALTH_TIMEOUT_S = 1.0
+"""How long :func:`attach` waits for the dashboard to answer."""
+REQUEST_TIMEOUT_S = 10.0
+"""Per-update HTTP timeout (labml uses 120 s; the dashboard answers in about 1 s)."""
+EXIT_FLUSH_S = 3.0
+"""At most this long is spent at process exit sending the last updates."""
+MAX_BACKOFF_S = 30.0
+
+TRACK_PATH = '/api/v1/default/'
+"""Run-update path labml's client appends ``track?...`` to. labml-app reads the
+project token from a query parameter, not from this path; the dashboard files
+token-less runs in the local user's project (no claim needed)."""
+
+
+def _warn(message: str) -> None:
+    print(f'dashboard: warning: {message}', file=sys.stderr, flush=True)
+
+
+def resolve_url(url: Optional[str]) -> Optional[str]:
+    """The dashboard URL to use: ``url``, else labml's own ``app_url`` setting.
+
+    labml reads ``app_url`` from ``.labml.yaml`` or the ``labml_app_url``
+    environment variable; a run without an explicit ``dashboard=`` still honours
+    it (through :func:`attach`, so it gets the same checks).
+    """
+    url = (url or '').strip()
+    if url:
+        return url
+    if os.environ.get('labml_app_url', '').strip():
+        return os.environ['labml_app_url'].strip()
+    try:
+        from labml.internal.lab import lab_singleton
+        return (lab_singleton().configs.get('app_url') or '').strip() or None
+    except Exception:  # noqa: BLE001 - a broken .labml.yaml is reported by labml itself later
+        return None
+
+
+def split_url(url: str):
+    """``'http://h:p'`` or ``'http://h:p/api/v1/TOKEN/'`` -> ``(root, app_url)``.
+
+    ``root`` is the dashboard page; ``app_url`` is what labml's ``app_url`` expects.
+    A missing scheme means ``http://``. Raises ``ValueError`` on anything else.
+    """
+    if '://' not in url:
+        url = 'http://' + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ('http', 'https') or not parts.hostname or parts.query:
+        raise ValueError(f'not a dashboard URL: {url!r} (expected http://HOST:PORT)')
+    root = f'{parts.scheme}://{parts.netloc}/'
+    path = parts.path if '/api/' in parts.path else TRACK_PATH
+    if not path.endswith('/'):
+        path += '/'
+    return root, root.rstrip('/') + path
+
+
+def is_up(root: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+    """Whether an HTTP server answers at ``root`` within ``timeout`` seconds.
+
+    Any HTTP answer counts (a stock ``labml app-server`` has no health endpoint);
+    a refused connection or a timeout does not.
+    """
+    try:
+        with urllib.request.urlopen(root + 'api/dashboard/health', timeout=timeout) as r:
+            r.read()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def attach(url: Optional[str]) -> bool:
+    """Report the coming labml run to the dashboard at ``url``, if it answers.
+
+    * ``url`` empty or None (and no ``app_url`` configured for labml): does nothing,
+      returns False.
+    * dashboard answers within about 1 s: configures labml to send the run there
+      (listed at once, no claim) and returns True; the caller adds the ``'app'``
+      writer to ``experiment.create``.
+    * otherwise: prints one warning line to stderr and returns False; the run
+      goes on with local logs only.
+    """
+    url = resolve_url(url)
+    if not url:
+        return False
+    try:
+        root, app_url = split_url(url)
+    except ValueError as e:
+        _warn(f'{e}; continuing with local logs only')
+        return False
+    if not is_up(root):
+        _warn(f'dashboard at {root} is unreachable; the run continues with local logs only')
+        return False
+
+    from labml.internal.lab import lab_singleton
+    lab_singleton().set_configurations({'app_url': app_url, 'app_open_browser': False})
+    install_bounded_client()
+    return True
+
+
+def install_bounded_client() -> None:
+    """Make labml's app client use :class:`BoundedAppTrackThread` (idempotent)."""
+    import labml.internal.app as labml_app_client
+    labml_app_client._AppTrackThread = BoundedAppTrackThread
+
+
+class BoundedAppTrackThread(_LabmlAppTrackThread):
+    """labml's app-client thread with bounded retries and a bounded exit.
+
+    labml's ``AppTracker`` creates one per run and calls ``stop()`` when the run
+    finishes, after queueing the final status. Differences from labml's thread:
+
+    * daemon thread, so it never holds the interpreter open; an ``atexit`` hook
+      instead gives it up to :data:`EXIT_FLUSH_S` seconds to send what is queued;
+    * per-update timeout :data:`REQUEST_TIMEOUT_S` instead of 120 s;
+    * while the run is live, a failed update is retried with backoff (1 s, 2 s,
+      4 s, ... up to 30 s) and one warning line; after ``stop()`` there is no retry;
+    * an error answer from the app disables reporting for this run instead of
+      raising in the training loop (labml sets ``errored``, which makes the next
+      ``tracker.save`` raise).
+    """
+
+    def __init__(self, url: str, *, timeout_seconds: int, daemon: bool):
+        super().__init__(url, timeout_seconds=min(timeout_seconds, REQUEST_TIMEOUT_S), daemon=True)
+        self._disabled = False
+        self._warned = False
+        self._unsent = 0
+        atexit.register(self._flush_at_exit)
+
+    # -- labml interface ---------------------------------------------------------
+    def stop(self):
+        # labml prints "Still updating labml server, please wait..." here; the wait
+        # is now bounded, so stay quiet
+        self.is_stopped = True
+        self.push_data_source(_Wakeup())
+
+    def run(self):
+        while True:
+            packets = [p for p in self._get_packets() if p.data]
+            if packets and not self._disabled:
+                self._send_with_retry(packets)
+            if self.is_stopped and self.queue.empty():
+                time.sleep(0.1)  # labml queues the final status right before stop()
+                if self.queue.empty():
+                    break
+        if self._unsent:
+            _warn(f'{self._unsent} update(s) could not be sent to the dashboard; '
+                  f'the local logs are complete')
+
+    # -- internals ---------------------------------------------------------------
+    def _send_with_retry(self, packets) -> None:
+        backoff = 1.0
+        while True:
+            error = self._try_send(packets)
+            if error is None:
+                if self._warned and not self.is_stopped:
+                    print('dashboard: reconnected', file=sys.stderr, flush=True)
+                    self._warned = False
+                return
+            if self._disabled or self.is_stopped:
+                self._unsent += len(packets)
+                return
+            if not self._warned:
+                _warn(f'{error}; retrying in the background, training continues')
+                self._warned = True
+            deadline = time.monotonic() + backoff
+            while time.monotonic() < deadline and not self.is_stopped:
+                time.sleep(0.1)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _try_send(self, packets) -> Optional[str]:
+        """Send once; None on success, else a one-line reason."""
+        try:
+            response = self._send([p.data for p in packets])
+        except RuntimeError as e:  # labml's _send raises this for an error answer from the app
+            self.errored = False
+            self._disabled = True
+            details = e.args[1] if len(e.args) > 1 else e
+            _warn(f'the dashboard rejected an update ({details}); no more updates are sent '
+                  f'for this run, the local logs are complete')
+            return str(e)
+        except urllib.error.HTTPError as e:
+            return f'dashboard answered HTTP {e.code} to a run update'
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, 'reason', e)
+            return f'dashboard unreachable at {self.url.split("/api/")[0]} ({reason})'
+        for h in self.handlers:
+            if h.handle(response):
+                break
+        return None
+
+    def _flush_at_exit(self):
+        if not self.is_alive():
+            return
+        if not self.is_stopped:
+            self.stop()
+        self.join(EXIT_FLUSH_S)
+        if self.is_alive():
+            _warn(f'gave up sending the last updates to the dashboard after {EXIT_FLUSH_S:.0f} s; '
+                  f'the local logs are complete')
+
+
+class _Wakeup:
+    """Queue item that wakes the thread after ``stop()``; carries no data."""
+
+    def get_data_packet(self):
+        from labml.internal.app import Packet
+        return Packet(data={})
