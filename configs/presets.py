@@ -7,15 +7,21 @@ with the reason (and source) next to it, and the command line overrides both.
 from configs.cli import Preset
 
 # Every option has an explicit default, so a run's configs.yaml always names what was used.
+# The defaults are the `tuned` preset below (issue 8): chosen on a held-out 10% of the training set.
 DEFAULTS = {
     'dataset': 'mnist',
     'model': 'lenet',
-    'outputs_to_evidence': 'softplus',
-    'loss_func': 'squared_error_bayes_risk',
-    'kl_schedule': 'piecewise',
+    'outputs_to_evidence': 'exp',
+    'loss_func': 'cross_entropy_bayes_risk',
+    'kl_schedule': 'paper',
     'optimizer.optimizer': 'Adam',
     'optimizer.learning_rate': 1e-3,
-    'optimizer.weight_decay': 5e-3,
+    'optimizer.weight_decay': 0.,
+    'lr_schedule': 'cosine',
+    'augment_shift': 2.,
+    'augment_rotate': 10.,
+    'holdout': 0.1,
+    'epochs': 20,
 }
 
 PRESETS = {
@@ -33,6 +39,9 @@ PRESETS = {
             'epochs': 10,
             'train_batch_size': 64,
             'holdout': 0.0,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
         },
         {
             'loss_func': "main(): 'loss_func': 'squared_error_bayes_risk'",
@@ -44,6 +53,8 @@ PRESETS = {
             'epochs': 'MNISTConfigs.epochs = 10',
             'train_batch_size': "labml_nn MNISTConfigs train_batch_size = 64",
             'holdout': 'labml_nn validates on the test set',
+            'lr_schedule': 'labml_nn keeps the learning rate constant',
+            'augment_shift': 'labml_nn does not augment',
         }),
     'paper': Preset(
         'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
@@ -57,6 +68,10 @@ PRESETS = {
             'dropout': 0.5,
             'train_batch_size': 1000,
             'epochs': 50,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
+            'holdout': 0.0,
         },
         {
             'loss_func': 'Sec. 3: Eq. 5 (sum of squares) is the loss used in the experiments',
@@ -68,9 +83,31 @@ PRESETS = {
             'dropout': 'Sec. 5: LeNet with 500 hidden units and dropout',
             'train_batch_size': "authors' notebook: batch size 1000",
             'epochs': "authors' notebook: 50 epochs",
+            'lr_schedule': 'constant learning rate',
+            'augment_shift': 'no augmentation',
+            'augment_rotate': 'no augmentation',
+            'holdout': 'the paper reports the test set; no model selection',
+        }),
+    'tuned': Preset(
+        'the default: best uncertainty found on held-out data within ~2 CPU-minutes (see README)',
+        {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'optimizer.weight_decay',
+                                  'lr_schedule', 'augment_shift', 'augment_rotate', 'holdout', 'epochs')},
+        {
+            'outputs_to_evidence': 'exp: evidence grows fast enough for sharp, calibrated p; softplus/relu were '
+                                   'under-confident (NLL 0.17 vs 0.06 at 20 epochs)',
+            'loss_func': 'Eq. 4 with exp matched or beat SSE and R-EDL on held-out accuracy and AURC',
+            'kl_schedule': 'the paper\'s min(1, t/10) ramp',
+            'optimizer.weight_decay': 'no decay: the KL term already shrinks misleading evidence',
+            'lr_schedule': 'cosine decay to 0 for the last points of accuracy',
+            'augment_shift': 'random shifts of up to 2 px: the 10k training images are few',
+            'augment_rotate': 'random rotations of up to 10 degrees, same reason',
+            'holdout': 'validate on 10% of the training set; the test set is only for the final figure',
+            'epochs': '20 epochs: ~100 s on 2 CPU cores; 40 gave the same accuracy with worse AURC',
         }),
     'smoke': Preset(
         'a few seconds: one small epoch, for tests and trying the pipeline',
-        {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2},
-        {'epochs': 'one pass is enough to exercise every code path'}),
+        {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2, 'holdout': 0.0,
+         'augment_shift': 0., 'augment_rotate': 0.},
+        {'epochs': 'one pass is enough to exercise every code path',
+         'holdout': 'validate on the (synthetic) test split: tiny sets have little to hold out'}),
 }
