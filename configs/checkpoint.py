@@ -24,8 +24,16 @@ class CheckpointError(RuntimeError):
     """A run or its checkpoint cannot be used; the message says why."""
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Calls `write(file)` on a temporary file next to `path`, then renames it to `path`."""
+def _default_mode() -> int:
+    """rw-r--r-- less the umask: what `open()` would give a new file (mkstemp gives rw-------)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: Path, write, mode: Optional[int] = None) -> None:
+    """Calls `write(file)` on a temporary file next to `path`, then renames it to `path`
+    (permissions `mode`, default those of a newly created file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
@@ -33,6 +41,7 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

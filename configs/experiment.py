@@ -81,6 +81,8 @@ class MNISTExperimentConfigs(BaseConfigs):
     dataset: Data
     # Folder holding `MNIST/raw` / `FashionMNIST/raw`; empty means labml's data path (`data/`)
     data_dir: str = ''
+    # Download missing dataset files with torchvision; False fails at once, saying where the files go
+    download: bool = True
     # Fraction of the training set held out for validation and model selection;
     # 0 validates on the test set, as labml_nn's tutorial does
     holdout: float = 0.0
@@ -361,8 +363,8 @@ def load_data(c: MNISTExperimentConfigs, name: str) -> Data:
     spec = dataset_spec(name)
     device = resolve_device(c.device)
     root = data_root(c)
-    train_images, train_labels = load_split(name, root, train=True)
-    test_images, test_labels = load_split(name, root, train=False)
+    train_images, train_labels = load_split(name, root, train=True, download=c.download)
+    test_images, test_labels = load_split(name, root, train=False, download=c.download)
     train = tensor_split(train_images, train_labels, name, device)
     test = tensor_split(test_images, test_labels, name, device)
     if c.holdout > 0:

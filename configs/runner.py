@@ -24,8 +24,8 @@ from configs.experiment import Interrupted, TrainingStopped
 from evidential.data import DataError
 
 # Keys that may differ when a run is resumed (everything else is taken from the run)
-RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'resume', 'log_interval', 'valid_batch_size',
-                      'optimizer.learning_rate'}
+RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'download', 'resume', 'log_interval',
+                      'valid_batch_size', 'optimizer.learning_rate'}
 
 
 def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], experiment_name: str):
@@ -186,6 +186,7 @@ def load_trained(run: str, configs_classes: Dict[str, Any], *, data_dir: Optiona
         values['device'] = device
     values['resume'] = ''
     values['dashboard'] = ''
+    values['download'] = False  # evaluation reads the files that are there; a wrong folder is an error, not a download
     state = load_checkpoint(run_dir)
     conf = configs_classes[kind]()
     # The same path `experiment.configs` takes, without creating a labml run

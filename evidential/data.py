@@ -97,7 +97,8 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
     images_file, labels_file = _raw_files(spec, root, train)
     if not (images_file.exists() and labels_file.exists()):
         if not download:
-            raise DataError(f"{spec.name} files not found: expected {images_file} and {labels_file}")
+            raise DataError(f"{spec.name} files not found: expected {images_file} and {labels_file} "
+                            f"(point the data folder at the one that holds {spec.folder}/raw)")
         try:
             spec.torchvision_class(str(root), train=train, download=True)
         except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... per mirror

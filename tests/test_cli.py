@@ -29,7 +29,7 @@ def test_help_lists_every_key_with_default_and_options(workdir):
     (['epochs=-2'], "epochs=-2: must be > 0"),
     (['dropout=1.0'], 'dropout=1.0: must be in [0, 1)'),
     (['optimizer.learning_rate=0'], 'must be > 0'),
-    (['preset=fast'], 'preset=fast: unknown preset; valid: labml, paper, smoke'),
+    (['preset=fast'], 'preset=fast: unknown preset; valid: labml, paper, tuned, smoke'),
     (['epochs'], "expected key=value"),
     (['kl_div_coef_schedule=[(0.5, 0.), (0.1, 1.)]'], 'fractions must increase'),
     (['device=tpu'], 'device'),
@@ -51,6 +51,15 @@ def test_missing_data_exits_2_saying_where_to_put_files(workdir, tmp_path):
     r = run_cli(MODULE, f'data_dir={empty}', 'preset=smoke', cwd=workdir, timeout=120)
     assert r.returncode == 2
     assert 'Put the uncompressed IDX files' in r.stderr and str(empty / 'MNIST' / 'raw') in r.stderr
+    assert not (workdir / 'logs').exists()
+    # download=False: no download is tried, the files the run needs are named
+    empty = tmp_path / 'empty2'
+    empty.mkdir()
+    r = run_cli(MODULE, f'data_dir={empty}', 'preset=smoke', 'download=False', cwd=workdir, timeout=120)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert 'mnist files not found' in last and str(empty / 'MNIST' / 'raw' / 'train-images-idx3-ubyte') in last, last
+    assert 'download failed' not in r.stderr and not (empty / 'MNIST').exists()
     assert not (workdir / 'logs').exists()
 
 
