@@ -1,0 +1,188 @@
+"""`python -m experiments.evaluate`: a smoke run evaluated end to end in a real process, every number of
+`evaluation.json` recomputed from `predictions.npz`, the training's files kept, bad input rejected."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from configs.experiment import Prediction
+from evidential import metrics
+from experiments import evaluate as E
+from experiments.evidence_mnist import main as train
+from tests.conftest import run_cli
+
+MODULE = 'experiments.evaluate'
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+# Files the training writes that the evaluation must leave byte-for-byte as they are
+TRAINING_FILES = ('checkpoint.pt', 'experiment.json', 'configs.yaml', 'run.yaml', 'run_log.jsonl')
+
+
+def _train_smoke_run(workdir: Path, data_dir: Path, monkeypatch) -> Path:
+    """One small epoch on the synthetic data, in-process (the evaluation is what runs as a real process)."""
+    monkeypatch.chdir(workdir)
+    assert train(['preset=smoke', f'data_dir={data_dir}', 'train_batch_size=128', 'device=cpu']) == 0
+    runs = list((workdir / 'logs' / 'evidence_mnist').iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _recompute(npz: dict):
+    """`evaluation.json`'s "id" and "ood" blocks from `predictions.npz` alone, with `evidential.metrics`."""
+    def set_scores(name):
+        probs = torch.from_numpy(npz[f'{name}/probs'])
+        return {'u': torch.from_numpy(npz[f'{name}/u']), 'entropy': metrics.entropy(probs),
+                'msp': metrics.max_prob_score(probs)}
+
+    id_scores = set_scores('id')
+    id_block = metrics.summarize(torch.from_numpy(npz['id/probs']), torch.from_numpy(npz['id/labels']), id_scores['u'])
+    sets = sorted({k.split('/')[0] for k in npz} - {'id'})
+    return id_block, metrics.ood_summary(id_scores, {s: set_scores(s) for s in sets})
+
+
+def test_smoke_run_end_to_end(workdir, synthetic_data_dir, monkeypatch):
+    run = _train_smoke_run(workdir, synthetic_data_dir, monkeypatch)
+    before = _snapshot(run)
+    indicators_before = yaml.safe_load((run / 'indicators.yaml').read_text())['indicators']
+    # an extra OOD set in the [N, 1, 28, 28] layout: uniform noise
+    noise = np.random.default_rng(0).integers(0, 256, size=(48, 1, 28, 28), dtype=np.uint8)
+    np.save(workdir / 'noise.npy', noise)
+
+    r = run_cli(MODULE, run.name, '--ood-file', str(workdir / 'noise.npy'), '--data-dir', str(synthetic_data_dir),
+                '--device', 'cpu', cwd=workdir, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'fashion_mnist' in r.stdout and 'noise' in r.stdout and 'auroc' in r.stdout
+
+    # every file appears, readable like any file the user creates (not mkstemp's owner-only mode)
+    result = json.loads((run / 'evaluation.json').read_text())
+    assert set(result['figures']) == set(E.FIGURES)
+    (workdir / 'plain').write_text('x')
+    plain_mode = (workdir / 'plain').stat().st_mode & 0o777
+    for name in [*result['figures'].values(), 'evaluation.json', 'predictions.npz', 'checkpoint.pt']:
+        assert (run / name).stat().st_mode & 0o777 == plain_mode, name
+    for name in result['figures'].values():
+        data = (run / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+
+    # the JSON has exactly the documented shape
+    assert list(result['id']) == list(metrics.ID_KEYS)
+    assert set(result['ood']) == {'fashion_mnist', 'noise'}
+    for per_score in result['ood'].values():
+        assert set(per_score) == {'u', 'entropy', 'msp'}
+        assert all(set(v) == set(metrics.OOD_KEYS) for v in per_score.values())
+    assert result['n'] == {'id': 256, 'fashion_mnist': 256, 'noise': 48}
+
+    # ... and every number in it is what predictions.npz gives
+    with np.load(run / 'predictions.npz', allow_pickle=False) as npz:
+        assert {'id/probs', 'id/u', 'id/labels', 'fashion_mnist/probs', 'fashion_mnist/u',
+                'noise/probs', 'noise/u'} <= set(npz.files)
+        assert npz['id/probs'].shape == (256, 10) and npz['noise/u'].shape == (48,)
+        arrays = {k: npz[k] for k in npz.files}
+    id_block, ood_block = _recompute(arrays)
+    assert id_block == result['id']
+    assert ood_block == result['ood']
+    # the sweeps go through the same model: FGSM at eps = 0 is the clean accuracy, rotation by 0 degrees the clean p̂
+    n = result['fgsm']['n_samples']
+    clean = (arrays['id/probs'][:n].argmax(1) == arrays['id/labels'][:n]).mean()
+    assert result['fgsm']['eps'][0] == 0 and result['fgsm']['accuracy'][0] == pytest.approx(clean, abs=1.5 / n)
+    rotation = result['rotation']
+    assert rotation['angles'][0] == 0 and arrays['id/labels'][rotation['test_index']] == 1
+    np.testing.assert_allclose(rotation['probs'][0], arrays['id/probs'][rotation['test_index']], atol=1e-4)
+    np.testing.assert_allclose(rotation['u'][0], arrays['id/u'][rotation['test_index']], atol=1e-4)
+
+    # the training's files are untouched; labml's log only grew, by the eval.* indicators
+    after = _snapshot(run)
+    for name in TRAINING_FILES:
+        assert after[name] == before[name], name
+    assert after['log.jsonl'].startswith(before['log.jsonl'])
+    new_lines = after['log.jsonl'][len(before['log.jsonl']):].decode().splitlines()
+    logged = {k: v for line in new_lines for k, v in json.loads(line)['track'].items()}
+    assert logged['eval.accuracy'] == [[512, [result['id']['accuracy']]]]
+    assert logged['eval.ood.noise.u.auroc'] == [[512, [pytest.approx(result['ood']['noise']['u']['auroc'])]]]
+    indicators_after = yaml.safe_load((run / 'indicators.yaml').read_text())['indicators']
+    assert set(indicators_before) < set(indicators_after)
+    assert {k: indicators_after[k] for k in indicators_before} == indicators_before
+    assert 'eval.ood.fashion_mnist.entropy.fpr95' in indicators_after
+
+
+def _bad_files(folder: Path) -> dict:
+    """{case: --ood-file paths}, each unusable."""
+    folder.mkdir()
+    good = folder / 'good.npy'
+    np.save(good, np.zeros((3, 28, 28), np.uint8))
+    cases = {
+        'wrong shape': ((4, 28, 27), np.uint8),
+        'three channels': ((4, 3, 28, 28), np.uint8),
+        'float pixels': ((4, 28, 28), np.float32),
+        'no images': ((0, 28, 28), np.uint8),
+    }
+    out = {}
+    for case, (shape, dtype) in cases.items():
+        path = folder / f"{case.replace(' ', '_')}.npy"
+        np.save(path, np.zeros(shape, dtype))
+        out[case] = [path]
+    np.save(folder / 'objects.npy', np.array([{'x': 1}], dtype=object), allow_pickle=True)
+    out['pickled objects'] = [folder / 'objects.npy']
+    (folder / 'text.npy').write_text('not an array\n')
+    out['not a .npy file'] = [folder / 'text.npy']
+    (folder / 'truncated.npy').write_bytes(good.read_bytes()[:-100])
+    out['truncated'] = [folder / 'truncated.npy']
+    out['missing'] = [folder / 'nowhere.npy']
+    (folder / 'other').mkdir()
+    np.save(folder / 'other' / 'good.npy', np.zeros((3, 28, 28), np.uint8))
+    out['same name twice'] = [good, folder / 'other' / 'good.npy']
+    out['good, then bad'] = [good, folder / 'float_pixels.npy']
+    return out
+
+
+def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, monkeypatch):
+    run = _train_smoke_run(workdir, synthetic_data_dir, monkeypatch)
+    before = _snapshot(run)
+    for case, paths in _bad_files(workdir / 'bad').items():
+        args = [a for p in paths for a in ('--ood-file', str(p))]
+        r = run_cli(MODULE, run.name, *args, '--data-dir', str(synthetic_data_dir), '--device', 'cpu',
+                    cwd=workdir, timeout=120)
+        assert r.returncode == 2, (case, r.stdout[-1000:], r.stderr[-2000:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: --ood-file '), (case, r.stderr)
+        assert paths[-1].name in lines[0], (case, lines[0])
+        assert _snapshot(run) == before, case
+
+    # a wrong --data-dir is an error naming the option; nothing is downloaded or created there
+    missing = workdir / 'no_data_here'
+    r = run_cli(MODULE, run.name, '--data-dir', str(missing), '--device', 'cpu', cwd=workdir, timeout=120)
+    assert r.returncode == 2, (r.stdout[-1000:], r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: mnist files not found') and str(missing) in last and '--data-dir' in last, last
+    assert not missing.exists()
+    assert _snapshot(run) == before
+
+
+def test_unknown_run_exits_2(workdir):
+    r = run_cli(MODULE, '0123456789abcdef', '--device', 'cpu', cwd=workdir, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: no run with uuid '0123456789abcdef' under "
+                                             f"{(workdir / 'logs').resolve()}/*/"]
+    assert not (workdir / 'logs').exists() or not any((workdir / 'logs').rglob('*.json'))
+
+
+def test_scores_follow_what_the_model_gives():
+    """Baselines without u get entropy and msp only; sampling models add mutual information."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    plain = E.scores(Prediction(probs=probs))
+    assert list(plain) == ['entropy', 'msp']
+    assert torch.allclose(plain['msp'], torch.tensor([0.3, 2 / 3], dtype=torch.float64))
+    full = E.scores(Prediction(probs=probs, uncertainty=torch.tensor([0.1, 0.9]),
+                               mutual_information=torch.tensor([0.01, 0.2])))
+    assert list(full) == ['u', 'entropy', 'msp', 'mutual_information']
+    # without u, the "id" block ranks by entropy and still has exactly the documented keys
+    labels = np.array([0, 2])
+    result = E.compute_metrics({'probs': probs.numpy()}, labels, {'ood': {'probs': probs.numpy()[::-1].copy()}})
+    assert result['id_score'] == 'entropy' and list(result['id']) == list(metrics.ID_KEYS)
+    assert set(result['ood']['ood']) == {'entropy', 'msp'}
