@@ -54,6 +54,7 @@ OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'RAdam', 'AdaBelief']
 def _positive(v): return None if v > 0 else 'must be > 0'
 def _non_negative(v): return None if v >= 0 else 'must be >= 0'
 def _fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
+def _at_least_one(v): return None if v >= 1 else 'must be >= 1'
 
 
 def _betas(v):
@@ -92,6 +93,8 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     'lr_schedule': lambda v: None if v in ('constant', 'cosine') else 'must be constant or cosine', 'kl_div_coef_schedule': _kl_points, 'device': _device, 'dashboard': _url,
     'optimizer.learning_rate': _positive, 'optimizer.weight_decay': _non_negative, 'optimizer.eps': _positive,
     'optimizer.momentum': _fraction_open, 'optimizer.betas': _betas, 'optimizer.warmup': _non_negative,
+    # baselines (configs/baselines.py): MC-dropout samples T and ensemble members M
+    'mc_samples': _at_least_one, 'ensemble_size': _at_least_one,
 }
 
 

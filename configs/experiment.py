@@ -141,13 +141,26 @@ class MNISTExperimentConfigs(BaseConfigs):
         """What must match for a checkpoint to be loaded into this model."""
         return {'model': self.model.__class__.__name__, 'n_classes': self.n_classes, 'dataset': self.dataset.name}
 
+    # Hooks for models whose outputs are not one `[N, K]` tensor per batch (ensembles, MC dropout: `[S, N, K]`)
+    def train_predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Predicted class indices `[N]` from a training batch's outputs (for the training accuracy)."""
+        return outputs.argmax(-1)
+
+    def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The outputs for one evaluation batch; called in eval mode, without gradients."""
+        return self.model(x)
+
+    def join_outputs(self, outputs: List[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The per-batch evaluation outputs joined along the sample dimension."""
+        return torch.cat(outputs) if outputs else torch.empty(0, self.n_classes, device=device)
+
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
     def evaluate_outputs(self, split: TensorSplit) -> torch.Tensor:
-        """Raw model outputs `[N, K]` for a whole split, in large batches, in eval mode."""
+        """Raw model outputs (`[N, K]`, or as `eval_forward` gives them) for a whole split, in large batches, in eval mode."""
         self.model.eval()
-        outs = [self.model(x) for x, _ in split.batches(self.valid_batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0, self.n_classes, device=split.labels.device)
+        outs = [self.eval_forward(x) for x, _ in split.batches(self.valid_batch_size)]
+        return self.join_outputs(outs, split.labels.device)
 
     def evaluate(self, split: TensorSplit) -> Tuple[Prediction, torch.Tensor]:
         """The prediction for a whole split and its correctness mask."""
@@ -160,7 +173,7 @@ class MNISTExperimentConfigs(BaseConfigs):
         tracker.set_scalar('loss.*', True)
         tracker.set_scalar('accuracy.*', True)
         tracker.set_scalar('kl_coef', False)
-        for name in ('u.correct', 'u.wrong', 'p_max.correct', 'p_max.wrong', 'strength'):
+        for name in ('u.correct', 'u.wrong', 'p_max.correct', 'p_max.wrong', 'strength', 'mutual_information'):
             tracker.set_histogram(name, False)
             for q in QUANTILES:
                 tracker.set_scalar(f'{name}.q{int(q * 100)}', False)
@@ -189,6 +202,8 @@ class MNISTExperimentConfigs(BaseConfigs):
             self.track_distribution('p_max.wrong', p_max[~correct])
             if pred.strength is not None:
                 self.track_distribution('strength', pred.strength)
+            if pred.mutual_information is not None:
+                self.track_distribution('mutual_information', pred.mutual_information)
         return {f'accuracy.{prefix}': accuracy, f'nll.{prefix}': nll}
 
     # ------------------------------------------------------------------ training
@@ -241,7 +256,7 @@ class MNISTExperimentConfigs(BaseConfigs):
             samples_seen += len(y)
             tracker.add_global_step(len(y))
             with torch.no_grad():
-                correct += (outputs.argmax(-1) == y).sum()
+                correct += (self.train_predictions(outputs) == y).sum()
                 loss_sum += loss.detach() * len(y)
             window.append({'loss.train': loss.detach(), **{k: v.detach() for k, v in extras.items()}})
             if len(window) >= self.log_interval or step_index == n_batches - 1:

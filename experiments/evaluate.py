@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 #: Baseline experiments add themselves here (or call `register`).
 CONFIGS_CLASSES: Dict[str, Union[type, str]] = {
     'evidence_mnist': 'configs.evidence:EvidenceConfigs',
+    'softmax_mnist': 'configs.baselines:SoftmaxConfigs',
+    'mc_dropout_mnist': 'configs.baselines:MCDropoutConfigs',
+    'ensemble_mnist': 'configs.baselines:EnsembleConfigs',
 }
 
 #: The OOD set evaluated by default for runs on a base dataset: `{base dataset: OOD dataset}`
