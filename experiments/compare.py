@@ -1,0 +1,245 @@
+"""
+# Comparing evaluated runs
+
+    python -m experiments.compare RUN [RUN ...] [--out DIR]
+
+Reads each run's `evaluation.json` (written by `python -m experiments.evaluate RUN`) and builds one
+table: a row per run (experiment name, short uuid and its key settings), a column per metric of the
+evaluation present in any run — the in-distribution metrics, then selective prediction per uncertainty
+score (`selective/SCORE/aurc`, `.../misclassification_auroc`), then OOD detection
+(`ood/SET/SCORE/auroc`, `aupr`, `fpr95`).
+The best value of each column is marked (bold): the highest accuracy, AUROC, AUPR and
+misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a run does not have
+(e.g. `u` for a softmax model, `mutual_information` for an evidential one) is shown as "–".
+
+The table is printed and written as `comparison.md` and `comparison.json` into `--out` (default:
+the current directory). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
+a run folder. A run that has not been evaluated is an error (exit code 2).
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from configs.checkpoint import CheckpointError, atomic_write_bytes, find_run
+
+EVALUATION_FILE = 'evaluation.json'
+MARKDOWN_FILE = 'comparison.md'
+JSON_FILE = 'comparison.json'
+
+#: In-distribution metrics in table order, and which way is better
+ID_METRICS = {'accuracy': 'max', 'nll': 'min', 'brier': 'min', 'ece': 'min', 'aurc': 'min',
+              'misclassification_auroc': 'max'}
+#: OOD-detection metrics (per set and score), and which way is better
+OOD_METRICS = {'auroc': 'max', 'aupr': 'max', 'fpr95': 'min'}
+#: OOD scores in table order (others follow alphabetically)
+SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
+MISSING = '–'
+
+
+class CompareError(RuntimeError):
+    """A run cannot be compared; the message says why (exit code 2)."""
+
+
+@dataclass
+class Row:
+    run: str
+    experiment: str
+    label: str
+    path: Path
+    settings: Dict[str, Any]
+    # The score that ranks the ID block's aurc / misclassification_auroc (`u` where there is one, else entropy)
+    id_score: Optional[str] = None
+    values: Dict[str, Optional[float]] = field(default_factory=dict)
+
+
+def _short(value: Any) -> str:
+    return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def key_settings(experiment: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings that tell runs apart, from the run's saved values (`experiment.json`)."""
+    keys = {
+        'evidence_mnist': ['loss_func', 'outputs_to_evidence', 'kl_schedule'],
+        'mc_dropout_mnist': ['mc_samples', 'dropout'],
+        'ensemble_mnist': ['ensemble_size'],
+    }.get(experiment, [])
+    keys = keys + ['dataset', 'epochs', 'seed']
+    return {k: values[k] for k in keys if k in values}
+
+
+def row_label(experiment: str, run: str, settings: Dict[str, Any]) -> str:
+    names = {'mc_samples': 'T', 'ensemble_size': 'M', 'dropout': 'p', 'epochs': 'ep'}
+    parts = []
+    for k, v in settings.items():
+        if k == 'dataset' and v == 'mnist':
+            continue
+        if k == 'seed':
+            continue
+        parts.append(f'{names[k]}={_short(v)}' if k in names else _short(v))
+    return f"{experiment} {run[:8]}" + (f" ({', '.join(parts)})" if parts else '')
+
+
+def load_row(run: str, experiments_path: Path) -> Row:
+    """The run's evaluation as a table row; raises `CompareError` (or `CheckpointError`) with the reason."""
+    from configs.checkpoint import load_values
+    run_dir = find_run(run, experiments_path)
+    path = run_dir / EVALUATION_FILE
+    if not path.is_file():
+        raise CompareError(f"run {run_dir.name} has not been evaluated ({path} is missing); "
+                           f"run `python -m experiments.evaluate {run}` first")
+    try:
+        evaluation = json.loads(path.read_text())
+        id_block = evaluation['id']
+        ood_block = evaluation.get('ood', {})
+        selective_block = evaluation.get('selective', {})
+        if not all(isinstance(b, dict) for b in (id_block, ood_block, selective_block)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise CompareError(f"{path} is not an evaluation of this app; "
+                           f"run `python -m experiments.evaluate {run}` again") from None
+    experiment = evaluation.get('experiment', run_dir.parent.name)
+    try:
+        saved = load_values(run_dir)
+    except CheckpointError:
+        saved = {}
+    settings = key_settings(experiment, saved)
+    row = Row(run=run_dir.name, experiment=experiment, label=row_label(experiment, run_dir.name, settings),
+              path=run_dir, settings=settings, id_score=evaluation.get('id_score'))
+    for metric in ID_METRICS:
+        row.values[metric] = _number(id_block.get(metric))
+    for score, per_metric in selective_block.items():
+        for metric, value in per_metric.items():
+            row.values[f'selective/{score}/{metric}'] = _number(value)
+    for set_name, per_score in ood_block.items():
+        for score, per_metric in per_score.items():
+            for metric, value in per_metric.items():
+                row.values[f'ood/{set_name}/{score}/{metric}'] = _number(value)
+    return row
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def columns_of(rows: List[Row]) -> List[str]:
+    """ID metrics, then `selective/SCORE/METRIC`, then `ood/SET/SCORE/METRIC`, each present in any run."""
+    keys = {k for r in rows for k in r.values}
+    metric_rank = {m: i for i, m in enumerate([*ID_METRICS, *OOD_METRICS])}
+    score_rank = {s: i for i, s in enumerate(SCORE_ORDER)}
+
+    def order(key: str):
+        *where, score, metric = key.split('/')
+        return (where, score_rank.get(score, len(score_rank)), score,
+                metric_rank.get(metric, len(metric_rank)), metric)
+
+    selective = sorted((k for k in keys if k.startswith('selective/')), key=order)
+    ood = sorted((k for k in keys if k.startswith('ood/')), key=order)
+    return list(ID_METRICS) + selective + ood
+
+
+def direction(column: str) -> Optional[str]:
+    """`max` or `min` (which value is best), or `None` for a metric this table does not know."""
+    metric = column.rsplit('/', 1)[-1]
+    return ID_METRICS.get(metric) or OOD_METRICS.get(metric)
+
+
+def best_runs(rows: List[Row], columns: List[str]) -> Dict[str, List[str]]:
+    """Per column, the runs holding the best value (all of them on a tie); empty where no run has a value."""
+    best = {}
+    for column in columns:
+        how = direction(column)
+        present = [(r.values[column], r.run) for r in rows if r.values.get(column) is not None]
+        if how is None or not present:
+            best[column] = []
+            continue
+        target = max(v for v, _ in present) if how == 'max' else min(v for v, _ in present)
+        best[column] = [run for v, run in present if v == target]
+    return best
+
+
+def build(rows: List[Row]) -> Dict[str, Any]:
+    columns = columns_of(rows)
+    best = best_runs(rows, columns)
+    return {
+        'columns': [{'key': c, 'better': direction(c)} for c in columns],
+        'rows': [{'run': r.run, 'experiment': r.experiment, 'label': r.label, 'path': str(r.path),
+                  'settings': r.settings, 'id_score': r.id_score, 'values': {c: r.values.get(c) for c in columns},
+                  'best': [c for c in columns if r.run in best[c]]} for r in rows],
+        'best': best,
+    }
+
+
+def _escape(text: str) -> str:
+    return text.replace('|', '\\|')
+
+
+def markdown(table: Dict[str, Any], digits: int = 4) -> str:
+    columns = [c['key'] for c in table['columns']]
+    arrows = {'max': '↑', 'min': '↓', None: ''}
+    header = ['run'] + [f"{c['key']} {arrows[c['better']]}".strip() for c in table['columns']]
+    lines = ['| ' + ' | '.join(_escape(h) for h in header) + ' |',
+             '|' + '---|' + '---:|' * len(columns)]
+    for row in table['rows']:
+        cells = [_escape(row['label'])]
+        for c in columns:
+            v = row['values'][c]
+            text = MISSING if v is None else f'{v:.{digits}f}'
+            cells.append(f'**{text}**' if c in row['best'] else text)
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', f"Best per column in bold (↑ higher is better, ↓ lower is better); {MISSING}: the run has no such metric. "
+                  "`aurc` and `misclassification_auroc` rank by each run's own score (`u` where the model has one, "
+                  "else `entropy`); `selective/SCORE/METRIC` ranks every run by the same SCORE; "
+                  "`ood/SET/SCORE/METRIC`: OOD detection, OOD as the positive class."]
+    return '\n'.join(lines) + '\n'
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='python -m experiments.compare',
+                                     description='One table of evaluated runs, best value per metric marked.')
+    parser.add_argument('runs', nargs='+', metavar='RUN', help='run uuid or run folder (evaluated first with '
+                                                              'python -m experiments.evaluate RUN)')
+    parser.add_argument('--out', default='.', metavar='DIR',
+                        help='folder for comparison.md and comparison.json (default: the current directory)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from labml import lab
+    from configs.runner import use_project_folder
+    use_project_folder()
+    experiments_path = Path(lab.get_experiments_path())
+    rows: List[Row] = []
+    try:
+        for run in args.runs:
+            row = load_row(run, experiments_path)
+            if any(r.path == row.path for r in rows):
+                continue  # the same run given twice
+            rows.append(row)
+    except (CompareError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = build(rows)
+    text = markdown(table)
+    out = Path(args.out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / MARKDOWN_FILE, lambda f: f.write(text.encode()))
+        data = json.dumps(table, indent=2) + '\n'
+        atomic_write_bytes(out / JSON_FILE, lambda f: f.write(data.encode()))
+    except OSError as e:
+        print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"written: {out / MARKDOWN_FILE}, {out / JSON_FILE}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

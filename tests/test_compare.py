@@ -1,0 +1,122 @@
+"""`python -m experiments.compare`: one table of evaluated runs, from real `evaluation.json` files."""
+import json
+import shutil
+
+import pytest
+
+from experiments.compare import ID_METRICS, MISSING, main
+from tests.conftest import run_cli
+from tests.test_baselines import trained_baselines
+
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
+
+BETTER = {'accuracy': max, 'misclassification_auroc': max, 'auroc': max, 'aupr': max,
+          'nll': min, 'brier': min, 'ece': min, 'aurc': min, 'fpr95': min}
+
+
+@pytest.fixture(scope='module')
+def evaluated(tmp_path_factory, synthetic_data_dir):
+    """The three baselines' smoke runs, each evaluated by `experiments.evaluate` (shared with test_baselines)."""
+    return trained_baselines(tmp_path_factory, synthetic_data_dir)
+
+
+def _flat(evaluation: dict) -> dict:
+    """Column → value, straight from an evaluation.json (independently of compare's own parsing)."""
+    out = dict(evaluation['id'])
+    for score, per_metric in evaluation['selective'].items():
+        for metric, v in per_metric.items():
+            out[f'selective/{score}/{metric}'] = v
+    for set_name, per_score in evaluation['ood'].items():
+        for score, per_metric in per_score.items():
+            for metric, v in per_metric.items():
+                out[f'ood/{set_name}/{score}/{metric}'] = v
+    return out
+
+
+def _markdown_rows(text: str) -> dict:
+    """Run label → {column: cell text} from comparison.md."""
+    lines = [line for line in text.splitlines() if line.startswith('|')]
+    header = [h.strip().rstrip(' ↑↓').strip() for h in lines[0].strip('|').split('|')]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return rows
+
+
+def test_compare_marks_the_best_run_per_column(evaluated, tmp_path, monkeypatch, capsys):
+    project, runs = evaluated
+    monkeypatch.chdir(project)
+    out = tmp_path / 'out'
+    assert main([r.name for r in runs.values()] + ['--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / 'comparison.json').read_text())
+    md = (out / 'comparison.md').read_text()
+    assert md in printed
+
+    flat = {r.name: _flat(json.loads((r / 'evaluation.json').read_text())) for r in runs.values()}
+    columns = [c['key'] for c in table['columns']]
+    # every metric of every run, ID metrics first
+    assert columns[:len(ID_METRICS)] == list(ID_METRICS)
+    assert set(columns) == set().union(*flat.values())
+    assert 'ood/fashion_mnist/mutual_information/auroc' in columns and 'selective/msp/aurc' in columns
+    assert columns.index('selective/entropy/aurc') < columns.index('ood/fashion_mnist/entropy/auroc')
+    assert not any('/u/' in c for c in columns)  # no baseline has an uncertainty mass
+
+    labels = {row['run']: row['label'] for row in table['rows']}
+    assert labels[runs['ensemble_mnist'].name].startswith(f"ensemble_mnist {runs['ensemble_mnist'].name[:8]} (M=3")
+    assert labels[runs['mc_dropout_mnist'].name].startswith('mc_dropout_mnist') and 'T=4' in \
+        labels[runs['mc_dropout_mnist'].name]
+    cells = _markdown_rows(md)
+    for column in columns:
+        values = {run: f.get(column) for run, f in flat.items()}
+        present = {run: v for run, v in values.items() if v is not None}
+        pick = BETTER[column.rsplit('/', 1)[-1]]
+        best = pick(present.values())
+        expected = sorted(run for run, v in present.items() if v == best)
+        assert sorted(table['best'][column]) == expected, column
+        for run, v in values.items():
+            row = next(r for r in table['rows'] if r['run'] == run)
+            assert row['values'][column] == v
+            cell = cells[labels[run]][column]
+            if v is None:
+                assert cell == MISSING and column.split('/')[-2] == 'mutual_information' \
+                    and run == runs['softmax_mnist'].name
+            else:
+                assert cell == (f'**{v:.4f}**' if run in expected else f'{v:.4f}'), (column, run, cell)
+
+
+def test_ties_are_all_marked_and_an_unevaluated_run_is_an_error(evaluated, tmp_path, monkeypatch, capsys):
+    project, runs = evaluated
+    monkeypatch.chdir(tmp_path)
+    # a copy of the softmax run (same evaluation) ties with it on every column
+    twin = tmp_path / 'twin' / 'softmax_mnist' / 'a0a0a0a0a0a0'
+    shutil.copytree(runs['softmax_mnist'], twin)
+    assert main([str(runs['softmax_mnist']), str(twin), str(runs['ensemble_mnist'])]) == 0
+    table = json.loads((tmp_path / 'comparison.json').read_text())
+    for column, best in table['best'].items():
+        assert (runs['softmax_mnist'].name in best) == (twin.name in best), column
+    assert table['best']['ood/fashion_mnist/mutual_information/auroc'] == [runs['ensemble_mnist'].name]
+
+    (twin / 'evaluation.json').unlink()
+    capsys.readouterr()
+    assert main([str(runs['softmax_mnist']), str(twin)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: run a0a0a0a0a0a0 has not been evaluated')
+    assert f'python -m experiments.evaluate {twin}' in err
+
+
+def test_compare_as_a_process(evaluated):
+    project, runs = evaluated
+    r = run_cli('experiments.compare', runs['softmax_mnist'].name, runs['mc_dropout_mnist'].name, cwd=project,
+                timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '| run | accuracy ↑ |' in r.stdout and 'comparison.md' in r.stdout
+    assert (project / 'comparison.md').exists() and (project / 'comparison.json').exists()
+
+
+def test_unknown_run_is_an_error(evaluated, monkeypatch, capsys):
+    project, _ = evaluated
+    monkeypatch.chdir(project)
+    assert main(['ffffffffffff']) == 2
+    assert "error: no run with uuid 'ffffffffffff'" in capsys.readouterr().err
