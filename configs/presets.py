@@ -13,7 +13,8 @@ DEFAULTS = {
     'model': 'lenet',
     'outputs_to_evidence': 'exp',
     'loss_func': 'cross_entropy_bayes_risk',
-    'kl_schedule': 'paper',
+    'kl_schedule': 'constant',
+    'kl_coef': 0.01,
     'optimizer.optimizer': 'Adam',
     'optimizer.learning_rate': 1e-3,
     'optimizer.weight_decay': 0.,
@@ -90,13 +91,17 @@ PRESETS = {
         }),
     'tuned': Preset(
         'the default: best uncertainty found on held-out data within ~2 CPU-minutes (see README)',
-        {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'optimizer.weight_decay',
-                                  'lr_schedule', 'augment_shift', 'augment_rotate', 'holdout', 'epochs')},
+        {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'kl_coef',
+                                  'optimizer.weight_decay', 'lr_schedule', 'augment_shift', 'augment_rotate',
+                                  'holdout', 'epochs')},
         {
             'outputs_to_evidence': 'exp: evidence grows fast enough for sharp, calibrated p; softplus/relu were '
                                    'under-confident (NLL 0.17 vs 0.06 at 20 epochs)',
-            'loss_func': 'Eq. 4 with exp matched or beat SSE and R-EDL on held-out accuracy and AURC',
-            'kl_schedule': 'the paper\'s min(1, t/10) ramp',
+            'loss_func': 'Eq. 4 with exp matched or beat SSE, Type II ML and R-EDL on held-out accuracy and AURC',
+            'kl_schedule': 'a small constant KL weight: chosen on held-out data (10% of training + Fashion-MNIST '
+                           'train as OOD) over the paper ramp, off, 0.1 and 0.03 (README, Results)',
+            'kl_coef': '0.01: held-out ECE 0.39% (paper ramp 1.55%), Fashion AUROC by u 0.990 (0.976), AURC 0.020% '
+                       '(0.027%); off lost u\'s ranking of errors (AURC 0.86%)',
             'optimizer.weight_decay': 'no decay: the KL term already shrinks misleading evidence',
             'lr_schedule': 'cosine decay to 0 for the last points of accuracy',
             'augment_shift': 'random shifts of up to 2 px: the 10k training images are few',
