@@ -32,15 +32,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from configs.cli import Preset
 from configs.experiment import MNISTExperimentConfigs, Prediction
 from configs.presets import DEFAULTS as EVIDENCE_DEFAULTS, PRESETS as EVIDENCE_PRESETS
+from evidential.dirichlet import entropy
 from evidential.model import LeNet
 
 
 # ---------------------------------------------------------------------- predictions
-
-def entropy_nats(probs: torch.Tensor) -> torch.Tensor:
-    r"""$H[p] = -\sum_k p_k \log p_k$ over the last dimension, with $0 \log 0 = 0$."""
-    return torch.special.entr(probs).sum(-1)
-
 
 def sampled_prediction(logits: torch.Tensor) -> Prediction:
     r"""
@@ -53,7 +49,7 @@ def sampled_prediction(logits: torch.Tensor) -> Prediction:
         logits = logits[None]
     probs = logits.float().softmax(-1)
     mean = probs.mean(0)
-    mutual_information = (entropy_nats(mean) - entropy_nats(probs).mean(0)).clamp_min(0.)
+    mutual_information = (entropy(mean) - entropy(probs).mean(0)).clamp_min(0.)
     return Prediction(probs=mean, mutual_information=mutual_information)
 
 
