@@ -86,3 +86,30 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     p_log_p = torch.special.xlogy(probs, probs)
     # $-\sum_k \hat{p}_k \log \hat{p}_k$
     return -p_log_p.sum(dim=-1)
+
+
+def log_det_fisher_information(alpha: torch.Tensor) -> torch.Tensor:
+    r"""
+    $\log |\mathcal{I}(\boldsymbol\alpha)|$, the log-determinant of the Fisher information of
+    $\text{Dir}(\boldsymbol\alpha)$, over the last dimension.
+
+    The Dirichlet is an exponential family with log-normaliser
+    $A(\boldsymbol\alpha) = \sum_k \log\Gamma(\alpha_k) - \log\Gamma(S)$, so its Fisher information is
+    the Hessian of $A$:
+    $$\mathcal{I}(\boldsymbol\alpha) = \text{diag}\big(\psi^{(1)}(\boldsymbol\alpha)\big) - \psi^{(1)}(S)\,\mathbf{1}\mathbf{1}^\top,$$
+    with $\psi^{(1)}$ the trigamma function. The matrix determinant lemma gives
+    $$\log |\mathcal{I}(\boldsymbol\alpha)| = \sum_k \log \psi^{(1)}(\alpha_k)
+      + \log\Big(1 - \psi^{(1)}(S) \sum_k \frac{1}{\psi^{(1)}(\alpha_k)}\Big).$$
+    The second term is the log of a small difference when $S$ is large (about $(K - 1) / 2S$), so it
+    is computed in double precision; the result has the dtype of `alpha`.
+    """
+    a = alpha.double()
+    # $\psi^{(1)}(\alpha_k)$
+    trigamma_alpha = torch.polygamma(1, a)
+    # $\psi^{(1)}(S)$
+    trigamma_strength = torch.polygamma(1, a.sum(dim=-1))
+    # $1 - \psi^{(1)}(S) \sum_k 1 / \psi^{(1)}(\alpha_k)$ (positive: $\mathcal{I}$ is positive definite)
+    rest = 1 - trigamma_strength * trigamma_alpha.reciprocal().sum(dim=-1)
+    # $\sum_k \log \psi^{(1)}(\alpha_k) + \log(\dots)$; the clamp only guards rounding at $S \gtrsim 10^{15}$
+    log_det = trigamma_alpha.log().sum(dim=-1) + rest.clamp_min(torch.finfo(a.dtype).tiny).log()
+    return log_det.to(alpha.dtype)

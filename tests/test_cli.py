@@ -29,6 +29,7 @@ def test_help_lists_every_key_with_default_and_options(workdir):
     (['epochs=-2'], "epochs=-2: must be > 0"),
     (['dropout=1.0'], 'dropout=1.0: must be in [0, 1)'),
     (['optimizer.learning_rate=0'], 'must be > 0'),
+    (['fisher_coef=-0.1'], 'fisher_coef=-0.1: must be >= 0'),
     (['preset=fast'], 'preset=fast: unknown preset; valid: labml, paper, tuned, smoke'),
     (['epochs'], "expected key=value"),
     (['kl_div_coef_schedule=[(0.5, 0.), (0.1, 1.)]'], 'fractions must increase'),

@@ -177,3 +177,79 @@ def test_relaxed_squared_error_by_hand_and_prior_weight_one():
     assert relaxed_squared_error(e, y, prior_weight=1.).item() == pytest.approx(sse_without_var.item())
     # the uncertainty mass of a relaxed opinion: u = K lambda / S = 0.3 / 3.3
     assert opinion(e, prior_weight=0.1).uncertainty_mass.item() == pytest.approx(0.3 / 3.3)
+
+
+def _dirichlet_fisher(alpha: torch.Tensor) -> torch.Tensor:
+    """Fisher information of Dir(alpha) as the autograd Hessian of its log-normaliser (an independent reference)."""
+    def log_normaliser(a):
+        return torch.lgamma(a).sum() - torch.lgamma(a.sum())
+    return torch.autograd.functional.hessian(log_normaliser, alpha)
+
+
+@pytest.mark.parametrize('alpha', [[1., 1., 1.], [3., 1., 2.], [0.5, 7., 40., 1.2], [250., 1., 1., 1., 1.]])
+def test_log_det_fisher_information_matches_autograd_hessian(alpha):
+    from evidential.dirichlet import log_det_fisher_information
+    a = torch.tensor(alpha, dtype=torch.float64)
+    sign, expected = torch.linalg.slogdet(_dirichlet_fisher(a))
+    assert sign.item() == 1.
+    assert log_det_fisher_information(a).item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-9)
+    # batched, float32 in and out
+    batch = torch.stack([a, a]).float()
+    out = log_det_fisher_information(batch)
+    assert out.dtype == torch.float32 and out.shape == (2,)
+    assert torch.allclose(out, expected.float().expand(2), rtol=1e-5)
+
+
+def test_log_det_fisher_information_finite_for_large_strength():
+    from evidential.dirichlet import log_det_fisher_information
+    # ~(K - 1) / 2S is left after the cancellation; float32 alone would give log of <= 0 here
+    a = torch.tensor([[1e7, 1., 1.]])
+    value = log_det_fisher_information(a)
+    assert torch.isfinite(value).all()
+    exact = log_det_fisher_information(a.double())
+    assert value.item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+def test_fisher_information_loss_against_monte_carlo():
+    from evidential.dirichlet import log_det_fisher_information
+    from evidential.losses import fisher_information_loss
+    torch.manual_seed(0)
+    # E_{p ~ Dir(alpha)}[(y - p)^T I(alpha) (y - p)] with the full Fisher matrix, by sampling
+    evidence = torch.tensor([[2., 0., 1., 4.], [0.3, 6., 0., 0.]], dtype=torch.float64)
+    labels = torch.tensor([3, 0])
+    estimates = []
+    for e, label in zip(evidence, labels):
+        alpha = e + 1
+        p = Dirichlet(alpha).sample((400_000,))
+        d = F_one_hot(label, 4) - p
+        quad = torch.einsum('ni,ij,nj->n', d, _dirichlet_fisher(alpha), d).mean()
+        estimates.append(quad - 0.1 * torch.linalg.slogdet(_dirichlet_fisher(alpha))[1])
+    expected = torch.stack(estimates).mean().item()
+    assert fisher_information_loss(evidence, labels, fisher_coef=0.1).item() == pytest.approx(expected, rel=5e-3)
+    # lambda_F = 0: only the weighted squared error and variance remain
+    no_det = fisher_information_loss(evidence, labels, fisher_coef=0.)
+    with_det = fisher_information_loss(evidence, labels, fisher_coef=1.)
+    assert (no_det - with_det).item() == pytest.approx(log_det_fisher_information(evidence + 1).mean().item())
+
+
+def test_fisher_information_loss_by_hand_for_uniform_opinion():
+    from evidential.losses import fisher_information_loss
+    # e = 0, K = 2: alpha = (1, 1), S = 2, p = (1/2, 1/2); psi1(1) = pi^2/6, psi1(2) = pi^2/6 - 1
+    # weighted error: psi1(1) * [(1/2)^2 * 2 + 2 * (1/4) / 3] = psi1(1) * (1/2 + 1/6)
+    t1, t2 = math.pi ** 2 / 6, math.pi ** 2 / 6 - 1
+    # |I| = t1^2 (1 - t2 * 2 / t1) = t1^2 - 2 t1 t2
+    log_det = math.log(t1 * t1 - 2 * t1 * t2)
+    expected = t1 * (1 / 2 + 1 / 6) - 0.005 * log_det
+    value = fisher_information_loss(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]))
+    # (torch.polygamma(1, .) is accurate to ~1e-10 in double precision)
+    assert value.item() == pytest.approx(expected, rel=1e-8)
+
+
+def test_fisher_information_loss_rejects_negative_coefficient():
+    from evidential.losses import fisher_information_loss
+    with pytest.raises(ValueError, match='fisher_coef must be >= 0, got -1'):
+        fisher_information_loss(torch.ones(1, 3), torch.tensor([0]), fisher_coef=-1.)
+
+
+def F_one_hot(label: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(label, n).double()

@@ -89,6 +89,23 @@ def test_tracking_and_resume(workdir, synthetic_data_dir):
     assert seen['accuracy.valid'] == [512, 1024, 1536]
 
 
+@pytest.mark.parametrize('loss, key, value, fn_kwarg', [
+    ('fisher_information_loss', 'fisher_coef', 0.5, 'fisher_coef'),
+    ('relaxed_squared_error', 'prior_weight', 0.3, 'prior_weight'),
+])
+def test_loss_hyperparameters_reach_the_loss(loss, key, value, fn_kwarg, workdir, synthetic_data_dir, monkeypatch):
+    from configs.evidence import EvidenceConfigs
+    from configs.runner import load_trained
+    monkeypatch.chdir(workdir)
+    assert main(['preset=smoke', f'data_dir={synthetic_data_dir}', f'loss_func={loss}', f'{key}={value}']) == 0
+    conf, _, _ = load_trained(_runs(workdir)[-1].name, {'evidence_mnist': EvidenceConfigs})
+    torch.manual_seed(0)
+    evidence, labels = torch.rand(5, 10) * 4, torch.randint(0, 10, (5,))
+    expected = LOSSES[loss](evidence, labels, **{fn_kwarg: value})
+    assert conf.loss_func(evidence, labels).item() == pytest.approx(expected.item())
+    assert expected.item() != pytest.approx(LOSSES[loss](evidence, labels).item())  # the default differs
+
+
 def test_resume_of_corrupt_checkpoint_is_a_clear_error(workdir, synthetic_data_dir, monkeypatch):
     monkeypatch.chdir(workdir)
     assert main(['preset=smoke', f'data_dir={synthetic_data_dir}']) == 0
