@@ -1,7 +1,7 @@
 """
 # Comparing evaluated runs
 
-    python -m experiments.compare RUN [RUN ...] [--out DIR]
+    python -m experiments.compare RUN [RUN ...] [--out DIR] [--split validation]
 
 Reads each run's `evaluation.json` (written by `python -m experiments.evaluate RUN`) and builds one
 table: a row per run (experiment name, short uuid and its key settings), a column per metric of the
@@ -15,6 +15,10 @@ misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a 
 The table is printed and written as `comparison.md` and `comparison.json` into `--out` (default:
 the current directory). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
 a run folder. A run that has not been evaluated is an error (exit code 2).
+
+`--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
+`python -m experiments.evaluate RUN --split validation`): the table for choosing settings without the
+test set.
 """
 import argparse
 import json
@@ -27,6 +31,8 @@ from typing import Any, Dict, List, Optional
 from configs.checkpoint import CheckpointError, atomic_write_bytes, find_run
 
 EVALUATION_FILE = 'evaluation.json'
+#: `--split` → the evaluation file it reads (as `experiments.evaluate --split` writes them)
+EVALUATION_FILES = {'test': EVALUATION_FILE, 'validation': 'evaluation_validation.json'}
 MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
 
@@ -83,14 +89,15 @@ def row_label(experiment: str, run: str, settings: Dict[str, Any]) -> str:
     return f"{experiment} {run[:8]}" + (f" ({', '.join(parts)})" if parts else '')
 
 
-def load_row(run: str, experiments_path: Path) -> Row:
+def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
     """The run's evaluation as a table row; raises `CompareError` (or `CheckpointError`) with the reason."""
     from configs.checkpoint import load_values
     run_dir = find_run(run, experiments_path)
-    path = run_dir / EVALUATION_FILE
+    path = run_dir / EVALUATION_FILES[split]
+    command = f"python -m experiments.evaluate {run}" + (' --split validation' if split == 'validation' else '')
     if not path.is_file():
-        raise CompareError(f"run {run_dir.name} has not been evaluated ({path} is missing); "
-                           f"run `python -m experiments.evaluate {run}` first")
+        raise CompareError(f"run {run_dir.name} has not been evaluated on its {split} set ({path} is missing); "
+                           f"run `{command}` first")
     try:
         evaluation = json.loads(path.read_text())
         id_block = evaluation['id']
@@ -99,8 +106,7 @@ def load_row(run: str, experiments_path: Path) -> Row:
         if not all(isinstance(b, dict) for b in (id_block, ood_block, selective_block)):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise CompareError(f"{path} is not an evaluation of this app; "
-                           f"run `python -m experiments.evaluate {run}` again") from None
+        raise CompareError(f"{path} is not an evaluation of this app; run `{command}` again") from None
     experiment = evaluation.get('experiment', run_dir.parent.name)
     try:
         saved = load_values(run_dir)
@@ -206,6 +212,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                                                               'python -m experiments.evaluate RUN)')
     parser.add_argument('--out', default='.', metavar='DIR',
                         help='folder for comparison.md and comparison.json (default: the current directory)')
+    parser.add_argument('--split', choices=list(EVALUATION_FILES), default='test',
+                        help='test (default) or validation: compare the held-out evaluations '
+                             '(python -m experiments.evaluate RUN --split validation)')
     return parser.parse_args(argv)
 
 
@@ -218,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Row] = []
     try:
         for run in args.runs:
-            row = load_row(run, experiments_path)
+            row = load_row(run, experiments_path, args.split)
             if any(r.path == row.path for r in rows):
                 continue  # the same run given twice
             rows.append(row)

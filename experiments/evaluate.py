@@ -2,6 +2,7 @@ r"""
 # Evaluating a trained run
 
     python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N]
+    python -m experiments.evaluate RUN --split validation [--ood-file PATH ...]
 
 `RUN` is a run uuid (looked up under the experiments path of the nearest `.labml.yaml`) or a run
 folder. The run's saved configuration is rebuilt and its last checkpoint loaded
@@ -17,6 +18,14 @@ folder. The run's saved configuration is rebuilt and its last checkpoint loaded
    (`log.jsonl`, as `eval.*` indicators) and a table is printed.
 
 Every input is checked before anything is written; a mistake is one line on stderr and exit code 2.
+
+## Model selection without the test set
+
+`--split validation` evaluates the run's *held-out* split instead (runs trained with `holdout > 0`),
+with the OOD dataset's *training* split as the default OOD set, so candidate settings can be compared
+without touching a test split. It computes the same metrics, skips the sweeps and figures, and writes
+`evaluation_validation.json` and `predictions_validation.npz` (the test-set files are left alone);
+`python -m experiments.compare --split validation` tabulates them.
 
 ## Extending it
 
@@ -79,6 +88,9 @@ FIGURES = {
 }
 RESULTS_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.npz'
+#: What `--split` evaluates → (results file, predictions file); `test` also draws figures and logs to labml
+SPLIT_FILES = {'test': (RESULTS_FILE, PREDICTIONS_FILE),
+               'validation': ('evaluation_validation.json', 'predictions_validation.npz')}
 
 
 class EvaluateError(ValueError):
@@ -219,8 +231,9 @@ def load_ood_files(paths: List[str]) -> Dict[str, np.ndarray]:
     return sets
 
 
-def default_ood(conf) -> Tuple[Dict[str, np.ndarray], List[str]]:
-    """The default OOD sets of the run's dataset that are present in its data folder, and notes on those skipped."""
+def default_ood(conf, train: bool = False) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """The default OOD sets of the run's dataset that are present in its data folder (their test splits,
+    or their training splits with `train=True`, for model selection), and notes on those skipped."""
     from configs.experiment import data_root
     from evidential.data import DataError, load_split
     sets, notes = {}, []
@@ -228,7 +241,7 @@ def default_ood(conf) -> Tuple[Dict[str, np.ndarray], List[str]]:
     if ood_name is None:
         return sets, notes
     try:
-        images, _ = load_split(ood_name, data_root(conf), train=False, download=False)
+        images, _ = load_split(ood_name, data_root(conf), train=train, download=False)
     except DataError as e:
         if 'files not found' not in str(e):
             raise  # present but corrupt: a clear error, not a silent skip
@@ -431,7 +444,8 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def format_table(results: Dict[str, Any]) -> str:
-    lines = [f"In-distribution: {results['dataset']} test set, {results['n']['id']:,} images "
+    split = 'held-out validation' if results.get('split') == 'validation' else 'test'
+    lines = [f"In-distribution: {results['dataset']} {split} set, {results['n']['id']:,} images "
              f"(aurc and misclassification_auroc ranked by {results['id_score']})"]
     keys = list(results['id'])
     widths = [max(len(k), 8) for k in keys]
@@ -477,6 +491,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--device', default=None, help="auto, cpu, cuda or cuda:N (default: the run's device)")
     parser.add_argument('--fgsm-samples', type=int, default=2000, metavar='N',
                         help='test images attacked by FGSM (default 2000; 0 skips the FGSM sweep)')
+    parser.add_argument('--split', choices=list(SPLIT_FILES), default='test',
+                        help='test (default), or validation: the run\'s held-out split with the OOD dataset\'s '
+                             'training split, for model selection; no figures; writes '
+                             f"{SPLIT_FILES['validation'][0]}")
     args = parser.parse_args(argv)
     if args.fgsm_samples < 0:
         parser.error('--fgsm-samples must be >= 0')
@@ -507,7 +525,11 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
     monitor_singleton().silent(True)
     try:
         conf, run_dir, state = load_trained(args.run, configs_classes(), data_dir=args.data_dir, device=args.device)
-        builtin, notes = default_ood(conf)
+        selecting = args.split == 'validation'
+        if selecting and conf.dataset.valid_source != 'holdout':
+            raise EvaluateError(f"run {run_dir.name} has no held-out split (it was trained with holdout=0 and "
+                                f"validated on the test set); train with holdout > 0 to select on held-out data")
+        builtin, notes = default_ood(conf, train=selecting)
         clash = sorted(set(builtin) & set(ood_images))
         if clash:
             path = next(p for p in args.ood_file if Path(p).expanduser().stem == clash[0])
@@ -518,17 +540,20 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if 'files not found' in str(e) else '')
         error_exit(f"{e}{hint}")
-    except (UsageError, CheckpointError, ValueError) as e:  # ValueError: e.g. no CUDA for --device cuda
+    except (UsageError, CheckpointError, EvaluateError, ValueError) as e:  # ValueError: e.g. no CUDA for --device cuda
         error_exit(str(e))
     kind = run_dir.parent.name
+    results_file, predictions_file = SPLIT_FILES[args.split]
+    ood_split = 'training split' if selecting else 'test split'
     print(f"run {run_dir.name} ({kind}), epoch {state['epoch']}, status {state['status']}, "
-          f"device {conf.dataset.test.images.device}")
+          f"device {conf.dataset.test.images.device}, evaluating the {args.split} set"
+          + (f" (OOD: {', '.join(builtin)} {ood_split})" if builtin else ''))
     for note in notes:
         print(f"note: {note}")
 
     # ---- predictions (seeded: sampling models such as MC dropout give the same numbers on a rerun)
     torch.manual_seed(conf.seed)
-    test = conf.dataset.test
+    test = conf.dataset.valid if selecting else conf.dataset.test
     outputs = conf.evaluate_outputs(test)
     id_pred = conf.predict(outputs)
     id_arrays = prediction_arrays(id_pred)
@@ -538,23 +563,27 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
 
     # ---- metrics, from exactly the arrays saved in predictions.npz
     results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays)
-    sweeps = run_sweeps(conf, test, args.fgsm_samples, torch.from_numpy(id_arrays['probs'].argmax(1)))
+    sweeps = ({} if selecting else
+              run_sweeps(conf, test, args.fgsm_samples, torch.from_numpy(id_arrays['probs'].argmax(1))))
 
     # ---- write (an earlier evaluation.json goes first: it must never sit beside other predictions)
-    (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+    (run_dir / results_file).unlink(missing_ok=True)
     npz = {f'id/{k}': v for k, v in id_arrays.items()}
     npz['id/labels'] = labels.astype(np.int64)
     if test_evidence is not None:
         npz['id/evidence'] = test_evidence.detach().float().cpu().numpy()
     for name, arrays in ood_arrays.items():
         npz.update({f'{name}/{k}': v for k, v in arrays.items()})
-    _save_npz(run_dir / PREDICTIONS_FILE, npz)
-    written, figure_notes = write_figures(run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps, test_evidence)
+    _save_npz(run_dir / predictions_file, npz)
+    written, figure_notes = {}, []
+    if not selecting:
+        written, figure_notes = write_figures(run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps,
+                                              test_evidence)
+        for key, name in FIGURES.items():  # a figure of an earlier evaluation that this one did not draw
+            if key not in written and (run_dir / name).exists():
+                (run_dir / name).unlink()
     for note in figure_notes:
         print(f"note: {note}")
-    for key, name in FIGURES.items():  # a figure of an earlier evaluation that this one did not draw
-        if key not in written and (run_dir / name).exists():
-            (run_dir / name).unlink()
 
     results = {
         'id': results['id'],
@@ -566,29 +595,32 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
         'epoch': state['epoch'],
         'status': state['status'],
         'dataset': conf.dataset.name,
+        'split': args.split,
+        'ood_split': 'train' if selecting else 'test',
         'n': {'id': int(len(labels)), **{name: int(len(a['probs'])) for name, a in ood_arrays.items()}},
         'ood_files': {Path(p).expanduser().stem: str(Path(p).expanduser().resolve()) for p in args.ood_file},
         **{k: v for k, v in sweeps.items() if not k.startswith('_')},
         'figures': written,
         'notes': notes + figure_notes,
-        'predictions': PREDICTIONS_FILE,
+        'predictions': predictions_file,
     }
     scalars = flat_scalars(results)
     step = int(state.get('samples_seen', 0))
-    try:
-        log_to_labml(run_dir, scalars, step)
-        results['labml_log'] = {'file': 'log.jsonl', 'global_step': step, 'indicators': sorted(scalars)}
-    except Exception as e:  # the evaluation itself is complete; say what did not work
-        print(f"warning: could not append the results to {run_dir / 'log.jsonl'} "
-              f"({type(e).__name__}: {e})", file=sys.stderr)
+    if not selecting:  # the eval.* indicators of the labml log are the test-set results
+        try:
+            log_to_labml(run_dir, scalars, step)
+            results['labml_log'] = {'file': 'log.jsonl', 'global_step': step, 'indicators': sorted(scalars)}
+        except Exception as e:  # the evaluation itself is complete; say what did not work
+            print(f"warning: could not append the results to {run_dir / 'log.jsonl'} "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
     results['seconds'] = round(time.perf_counter() - started, 2)
-    _save_json(run_dir / RESULTS_FILE, results)
+    _save_json(run_dir / results_file, results)
 
     print()
     print(format_table(results))
     print()
     print(f"written to {run_dir}:")
-    print(f"  {RESULTS_FILE}, {PREDICTIONS_FILE}, {', '.join(written.values())}")
+    print(f"  {', '.join([results_file, predictions_file, *written.values()])}")
     if 'labml_log' in results:
         print(f"  {len(scalars)} results appended to log.jsonl as eval.* labml indicators, at step {step:,}")
     print(f"evaluated in {results['seconds']:.1f} s")

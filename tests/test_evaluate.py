@@ -164,6 +164,55 @@ def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, mon
     assert _snapshot(run) == before
 
 
+def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monkeypatch):
+    """`--split validation`: the held-out images and Fashion-MNIST's training split, nothing of the test run touched."""
+    from configs.evidence import EvidenceConfigs
+    from configs.runner import load_trained
+    monkeypatch.chdir(workdir)
+    assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'holdout=0.25', 'device=cpu']) == 0
+    assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0  # holdout=0
+    held_out, no_holdout = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)
+    before = _snapshot(held_out)
+
+    r = run_cli(MODULE, held_out.name, '--split', 'validation', '--device', 'cpu', cwd=workdir, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'held-out validation set, 128 images' in r.stdout and 'training split' in r.stdout
+    result = json.loads((held_out / 'evaluation_validation.json').read_text())
+    assert result['split'] == 'validation' and result['ood_split'] == 'train'
+    # 25% of the 512 synthetic training images; OOD: the 512 images of Fashion-MNIST's *training* split
+    assert result['n'] == {'id': 128, 'fashion_mnist': 512}
+    assert result['figures'] == {} and 'fgsm' not in result and 'labml_log' not in result
+    conf, _, _ = load_trained(held_out.name, {'evidence_mnist': EvidenceConfigs})
+    with np.load(held_out / 'predictions_validation.npz', allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    # exactly the held-out images, in order, and every number recomputed from the saved arrays
+    assert np.array_equal(arrays['id/labels'], conf.dataset.valid.labels.numpy())
+    id_block, ood_block = _recompute(arrays)
+    assert id_block == result['id'] and ood_block == result['ood']
+    # only the two new files: no test-set results, figures or labml log lines
+    after = _snapshot(held_out)
+    assert set(after) - set(before) == {'evaluation_validation.json', 'predictions_validation.npz'}
+    assert {k: after[k] for k in before} == before
+
+    # compare reads the held-out evaluations with --split validation, and says what is missing without it
+    r = run_cli('experiments.compare', held_out.name, '--split', 'validation', '--out', str(workdir / 'cmp'),
+                cwd=workdir, timeout=120)
+    assert r.returncode == 0, r.stderr
+    table = json.loads((workdir / 'cmp' / 'comparison.json').read_text())
+    assert table['rows'][0]['values']['accuracy'] == pytest.approx(result['id']['accuracy'])
+    r = run_cli('experiments.compare', held_out.name, cwd=workdir, timeout=120)
+    assert r.returncode == 2 and 'has not been evaluated on its test set' in r.stderr
+
+    # a run without a held-out split cannot be evaluated this way: one line, exit 2, nothing written
+    before = _snapshot(no_holdout)
+    r = run_cli(MODULE, no_holdout.name, '--split', 'validation', '--device', 'cpu', cwd=workdir, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: run {no_holdout.name} has no held-out split (it was trained with holdout=0 and validated on "
+        f"the test set); train with holdout > 0 to select on held-out data"]
+    assert _snapshot(no_holdout) == before
+
+
 def test_unknown_run_exits_2(workdir):
     r = run_cli(MODULE, '0123456789abcdef', '--device', 'cpu', cwd=workdir, timeout=120)
     assert r.returncode == 2
