@@ -73,17 +73,21 @@ def key_settings(experiment: str, values: Dict[str, Any]) -> Dict[str, Any]:
         'mc_dropout_mnist': ['mc_samples', 'dropout'],
         'ensemble_mnist': ['ensemble_size'],
     }.get(experiment, [])
-    keys = keys + ['dataset', 'epochs', 'seed']
+    if experiment == 'evidence_mnist':
+        # the hyperparameter of the chosen schedule / loss, when there is one
+        keys += [k for k, needed in (('kl_coef', values.get('kl_schedule') == 'constant'),
+                                     ('prior_weight', values.get('loss_func') == 'relaxed_squared_error'),
+                                     ('fisher_coef', values.get('loss_func') == 'fisher_information_loss')) if needed]
+    keys = keys + ['optimizer.weight_decay', 'dataset', 'epochs', 'seed']
     return {k: values[k] for k in keys if k in values}
 
 
 def row_label(experiment: str, run: str, settings: Dict[str, Any]) -> str:
-    names = {'mc_samples': 'T', 'ensemble_size': 'M', 'dropout': 'p', 'epochs': 'ep'}
+    names = {'mc_samples': 'T', 'ensemble_size': 'M', 'dropout': 'p', 'epochs': 'ep', 'kl_coef': 'kl',
+             'prior_weight': 'λ', 'fisher_coef': 'λ_F', 'optimizer.weight_decay': 'wd', 'seed': 'seed'}
     parts = []
     for k, v in settings.items():
-        if k == 'dataset' and v == 'mnist':
-            continue
-        if k == 'seed':
+        if (k == 'dataset' and v == 'mnist') or (k == 'optimizer.weight_decay' and not v):
             continue
         parts.append(f'{names[k]}={_short(v)}' if k in names else _short(v))
     return f"{experiment} {run[:8]}" + (f" ({', '.join(parts)})" if parts else '')

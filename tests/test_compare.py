@@ -120,3 +120,16 @@ def test_unknown_run_is_an_error(evaluated, monkeypatch, capsys):
     monkeypatch.chdir(project)
     assert main(['ffffffffffff']) == 2
     assert "error: no run with uuid 'ffffffffffff'" in capsys.readouterr().err
+
+
+def test_labels_name_the_hyperparameters_that_tell_runs_apart():
+    from experiments.compare import key_settings, row_label
+    base = {'loss_func': 'cross_entropy_bayes_risk', 'outputs_to_evidence': 'exp', 'kl_schedule': 'constant',
+            'kl_coef': 0.005, 'optimizer.weight_decay': 0.0, 'dataset': 'mnist', 'epochs': 20, 'prior_weight': 1.0,
+            'fisher_coef': 0.005}
+    label = row_label('evidence_mnist', 'abcdef0123', key_settings('evidence_mnist', base))
+    assert label == 'evidence_mnist abcdef01 (cross_entropy_bayes_risk, exp, constant, kl=0.005, ep=20)'
+    other = {**base, 'loss_func': 'fisher_information_loss', 'kl_schedule': 'paper', 'fisher_coef': 0.5,
+             'optimizer.weight_decay': 5e-4, 'seed': 2}
+    assert row_label('evidence_mnist', 'abcdef0123', key_settings('evidence_mnist', other)) == \
+        'evidence_mnist abcdef01 (fisher_information_loss, exp, paper, λ_F=0.5, wd=0.0005, ep=20, seed=2)'
