@@ -37,7 +37,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from .dirichlet import log_det_fisher_information, opinion
+from .dirichlet import Opinion, log_det_fisher_information, opinion
 
 
 def _one_hot(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,17 +67,21 @@ def cross_entropy_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> to
     return loss.mean()
 
 
-def squared_error_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    r"""Bayes risk of the squared error, $\sum_k (y_k - \hat{p}_k)^2 + \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$ (Eq. 5)."""
-    y = _one_hot(evidence, labels)
-    o = opinion(evidence)
+def _expected_squared_error(y: torch.Tensor, o: Opinion) -> torch.Tensor:
+    r"""Per class, $\mathbb{E}[(y_k - p_k)^2] = (y_k - \hat{p}_k)^2 + \text{Var}(p_k)$ under $\text{Dir}(\boldsymbol\alpha)$, `[N, K]`."""
     p = o.expected_probability
     # $(y_k - \hat{p}_k)^2$
     err = (y - p) ** 2
     # $\text{Var}(p_k) = \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$
     var = p * (1 - p) / (o.strength.unsqueeze(-1) + 1)
+    return err + var
+
+
+def squared_error_bayes_risk(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Bayes risk of the squared error, $\sum_k (y_k - \hat{p}_k)^2 + \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$ (Eq. 5)."""
+    y = _one_hot(evidence, labels)
     # $\sum_k (y_k - \hat{p}_k)^2 + \text{Var}(p_k)$
-    loss = (err + var).sum(dim=-1)
+    loss = _expected_squared_error(y, opinion(evidence)).sum(dim=-1)
     return loss.mean()
 
 
@@ -114,15 +118,11 @@ def fisher_information_loss(evidence: torch.Tensor, labels: torch.Tensor, fisher
         raise ValueError(f"fisher_coef must be >= 0, got {fisher_coef}")
     y = _one_hot(evidence, labels)
     o = opinion(evidence)
-    p = o.expected_probability
     # $\psi^{(1)}(\alpha_k)$: the diagonal of the Fisher information
     trigamma_alpha = torch.polygamma(1, o.alpha)
-    # $(y_k - \hat{p}_k)^2$
-    err = (y - p) ** 2
-    # $\text{Var}(p_k) = \frac{\hat{p}_k(1 - \hat{p}_k)}{S + 1}$
-    var = p * (1 - p) / (o.strength.unsqueeze(-1) + 1)
     # $\sum_k \psi^{(1)}(\alpha_k)\big[(y_k - \hat{p}_k)^2 + \text{Var}(p_k)\big] - \lambda_F \log|\mathcal{I}(\boldsymbol\alpha)|$
-    loss = (trigamma_alpha * (err + var)).sum(dim=-1) - fisher_coef * log_det_fisher_information(o.alpha)
+    loss = ((trigamma_alpha * _expected_squared_error(y, o)).sum(dim=-1)
+            - fisher_coef * log_det_fisher_information(o.alpha))
     return loss.mean()
 
 

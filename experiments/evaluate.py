@@ -540,7 +540,7 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if 'files not found' in str(e) else '')
         error_exit(f"{e}{hint}")
-    except (UsageError, CheckpointError, EvaluateError, ValueError) as e:  # ValueError: e.g. no CUDA for --device cuda
+    except (UsageError, CheckpointError, ValueError) as e:  # EvaluateError; ValueError: e.g. no CUDA for --device cuda
         error_exit(str(e))
     kind = run_dir.parent.name
     results_file, predictions_file = SPLIT_FILES[args.split]
