@@ -19,10 +19,20 @@ a run folder. A run that has not been evaluated is an error (exit code 2).
 `--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
 `python -m experiments.evaluate RUN --split validation`): the table for choosing settings without the
 test set.
+
+`--over-seeds` puts runs whose settings differ only in `seed` into one row: each cell is the mean over
+those runs ± their standard deviation (sample, n − 1), and the best *mean* is marked. One run of 1,000
+held-out images has ~10 errors, so a single seed decides little; a setting is better when its mean is,
+by more than the spread.
+
+Each label names the run's key settings (loss, evidence, KL schedule and its weight, ...) and, beyond
+those, every setting that differs between the compared runs of one experiment (e.g. `dropout=0.25`), read
+from the run's `configs.yaml` (every configuration's value, as labml computed it).
 """
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +54,9 @@ OOD_METRICS = {'auroc': 'max', 'aupr': 'max', 'fpr95': 'min'}
 #: OOD scores in table order (others follow alphabetically)
 SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
 MISSING = '–'
+#: Settings that do not change what is trained (where files are, how it is reported); never in labels or groups
+NOT_SETTINGS = {'data_dir', 'dashboard', 'resume', 'download', 'device', 'log_interval', 'valid_batch_size',
+                'experiment_name', 'optimizer.parameters'}
 
 
 class CompareError(RuntimeError):
@@ -60,6 +73,11 @@ class Row:
     # The score that ranks the ID block's aurc / misclassification_auroc (`u` where there is one, else entropy)
     id_score: Optional[str] = None
     values: Dict[str, Optional[float]] = field(default_factory=dict)
+    # Every setting of the run (`configs.yaml`), less `NOT_SETTINGS`
+    config: Dict[str, Any] = field(default_factory=dict)
+    # With `--over-seeds`: the runs averaged into this row, and each column's standard deviation over them
+    runs: List[str] = field(default_factory=list)
+    std: Dict[str, Optional[float]] = field(default_factory=dict)
 
 
 def _short(value: Any) -> str:
@@ -82,7 +100,33 @@ def key_settings(experiment: str, values: Dict[str, Any]) -> Dict[str, Any]:
     return {k: values[k] for k in keys if k in values}
 
 
-def row_label(experiment: str, run: str, settings: Dict[str, Any]) -> str:
+def run_config(run_dir: Path) -> Dict[str, Any]:
+    """
+    Every setting of a run, from labml's `configs.yaml`: the option name where one was chosen (`lenet`,
+    `constant`), else the computed value when it is plain data (numbers, strings, lists). Objects (the
+    model, the data) are left out, and so are `NOT_SETTINGS`. Empty when the file is missing or unreadable.
+    """
+    import yaml
+    try:
+        saved = yaml.safe_load((run_dir / 'configs.yaml').read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    config = {}
+    for key, entry in saved.items():
+        if key in NOT_SETTINGS or not isinstance(entry, dict):
+            continue
+        value = entry.get('value') if entry.get('value') is not None else entry.get('computed')
+        if isinstance(value, str) and ('<' in value or '\n' in value):
+            continue  # the repr of an object, not a setting
+        if value is None or isinstance(value, (bool, int, float, str, list)):
+            config[key] = value
+    return config
+
+
+def row_label(experiment: str, run: str, settings: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> str:
+    """`experiment uuid (key settings, extra settings as key=value)`; `run` empty leaves the uuid out."""
     names = {'mc_samples': 'T', 'ensemble_size': 'M', 'dropout': 'p', 'epochs': 'ep', 'kl_coef': 'kl',
              'prior_weight': 'λ', 'fisher_coef': 'λ_F', 'optimizer.weight_decay': 'wd', 'seed': 'seed'}
     parts = []
@@ -90,7 +134,59 @@ def row_label(experiment: str, run: str, settings: Dict[str, Any]) -> str:
         if (k == 'dataset' and v == 'mnist') or (k == 'optimizer.weight_decay' and not v):
             continue
         parts.append(f'{names[k]}={_short(v)}' if k in names else _short(v))
-    return f"{experiment} {run[:8]}" + (f" ({', '.join(parts)})" if parts else '')
+    parts += [f'{names.get(k, k)}={_short(v)}' for k, v in (extra or {}).items()
+              if k not in settings and v is not None]
+    head = f"{experiment} {run[:8]}" if run else experiment
+    return head + (f" ({', '.join(parts)})" if parts else '')
+
+
+def differing_settings(rows: List[Row], ignore: tuple = ()) -> Dict[str, List[str]]:
+    """Per experiment, the settings whose value is not the same in all its compared runs."""
+    keys: Dict[str, List[str]] = {}
+    for experiment in dict.fromkeys(r.experiment for r in rows):
+        configs = [r.config for r in rows if r.experiment == experiment]
+        every = sorted(set().union(*configs))
+        keys[experiment] = [k for k in every if k not in ignore and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    return keys
+
+
+def label_rows(rows: List[Row]) -> None:
+    """Labels each row with its key settings and those in which it differs from the other runs compared."""
+    differing = differing_settings(rows)
+    for r in rows:
+        extra = {k: r.config.get(k) for k in differing[r.experiment]}
+        r.label = row_label(r.experiment, r.run, r.settings, extra)
+
+
+def over_seeds(rows: List[Row]) -> List[Row]:
+    """
+    One row per group of runs whose settings differ only in `seed` (in the order groups first appear):
+    values are the means over the group, `std` the sample standard deviations (`None` for one run, or
+    where a run lacks the metric — then the mean is `None` too).
+    """
+    groups: Dict[str, List[Row]] = {}
+    for r in rows:
+        key = json.dumps([r.experiment, {k: v for k, v in r.config.items() if k != 'seed'}], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    differing = differing_settings(rows, ignore=('seed',))
+    merged = []
+    for members in groups.values():
+        first = members[0]
+        settings = {k: v for k, v in first.settings.items() if k != 'seed'}
+        seeds = ', '.join(_short(m.config.get('seed', '?')) for m in members)
+        label = row_label(first.experiment, '', settings, {k: first.config.get(k) for k in differing[first.experiment]})
+        label += f" × {len(members)} seed{'s' if len(members) > 1 else ''} ({seeds})"
+        row = Row(run=','.join(m.run for m in members), experiment=first.experiment, label=label, path=first.path,
+                  settings=settings, id_score=first.id_score, config=first.config, runs=[m.run for m in members])
+        for column in {k for m in members for k in m.values}:
+            present = [m.values.get(column) for m in members]
+            if any(v is None for v in present):
+                row.values[column], row.std[column] = None, None
+                continue
+            row.values[column] = statistics.fmean(present)
+            row.std[column] = statistics.stdev(present) if len(present) > 1 else None
+        merged.append(row)
+    return merged
 
 
 def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
@@ -118,7 +214,8 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
         saved = {}
     settings = key_settings(experiment, saved)
     row = Row(run=run_dir.name, experiment=experiment, label=row_label(experiment, run_dir.name, settings),
-              path=run_dir, settings=settings, id_score=evaluation.get('id_score'))
+              path=run_dir, settings=settings, id_score=evaluation.get('id_score'), config=run_config(run_dir),
+              runs=[run_dir.name])
     for metric in ID_METRICS:
         row.values[metric] = _number(id_block.get(metric))
     for score, per_metric in selective_block.items():
@@ -178,8 +275,9 @@ def build(rows: List[Row]) -> Dict[str, Any]:
     best = best_runs(rows, columns)
     return {
         'columns': [{'key': c, 'better': direction(c)} for c in columns],
-        'rows': [{'run': r.run, 'experiment': r.experiment, 'label': r.label, 'path': str(r.path),
+        'rows': [{'run': r.run, 'runs': r.runs, 'experiment': r.experiment, 'label': r.label, 'path': str(r.path),
                   'settings': r.settings, 'id_score': r.id_score, 'values': {c: r.values.get(c) for c in columns},
+                  'std': {c: r.std.get(c) for c in columns},
                   'best': [c for c in columns if r.run in best[c]]} for r in rows],
         'best': best,
     }
@@ -198,14 +296,18 @@ def markdown(table: Dict[str, Any], digits: int = 4) -> str:
     for row in table['rows']:
         cells = [_escape(row['label'])]
         for c in columns:
-            v = row['values'][c]
+            v, sd = row['values'][c], row['std'][c]
             text = MISSING if v is None else f'{v:.{digits}f}'
-            cells.append(f'**{text}**' if c in row['best'] else text)
+            text = f'**{text}**' if c in row['best'] else text
+            cells.append(text if sd is None else f'{text} ± {sd:.{digits}f}')
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', f"Best per column in bold (↑ higher is better, ↓ lower is better); {MISSING}: the run has no such metric. "
                   "`aurc` and `misclassification_auroc` rank by each run's own score (`u` where the model has one, "
                   "else `entropy`); `selective/SCORE/METRIC` ranks every run by the same SCORE; "
                   "`ood/SET/SCORE/METRIC`: OOD detection, OOD as the positive class."]
+    if any(len(row['runs']) > 1 for row in table['rows']):
+        lines += ['', "Rows of several seeds: mean ± sample standard deviation over the seeds; "
+                      "the best mean is in bold."]
     return '\n'.join(lines) + '\n'
 
 
@@ -219,6 +321,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--split', choices=list(EVALUATION_FILES), default='test',
                         help='test (default) or validation: compare the held-out evaluations '
                              '(python -m experiments.evaluate RUN --split validation)')
+    parser.add_argument('--over-seeds', action='store_true',
+                        help='one row per setting: runs that differ only in seed are averaged (mean ± std)')
     return parser.parse_args(argv)
 
 
@@ -238,6 +342,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CompareError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    label_rows(rows)
+    if args.over_seeds:
+        rows = over_seeds(rows)
     table = build(rows)
     text = markdown(table)
     out = Path(args.out).expanduser()

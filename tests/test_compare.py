@@ -133,3 +133,65 @@ def test_labels_name_the_hyperparameters_that_tell_runs_apart():
              'optimizer.weight_decay': 5e-4, 'seed': 2}
     assert row_label('evidence_mnist', 'abcdef0123', key_settings('evidence_mnist', other)) == \
         'evidence_mnist abcdef01 (fisher_information_loss, exp, paper, λ_F=0.5, wd=0.0005, ep=20, seed=2)'
+
+
+@pytest.fixture(scope='module')
+def seed_runs(tmp_path_factory, synthetic_data_dir):
+    """Three evaluated evidential smoke runs: seeds 1 and 2 of one setting, and seed 1 with dropout 0.25."""
+    from experiments import evaluate
+    from experiments.evidence_mnist import main as train
+    from labml.internal.monitor import monitor_singleton
+    from tests.test_baselines import LABML_YAML
+    project = tmp_path_factory.mktemp('seeds')
+    (project / '.labml.yaml').write_text(LABML_YAML)
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        for name, extra in (('s1', ['seed=1']), ('s2', ['seed=2']), ('p25', ['seed=1', 'dropout=0.25'])):
+            before = set((project / 'logs' / 'evidence_mnist').glob('*'))
+            assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu', *extra]) == 0
+            (runs[name],) = set((project / 'logs' / 'evidence_mnist').glob('*')) - before
+        try:
+            for run in runs.values():
+                assert evaluate.main([run.name, '--fgsm-samples', '0', '--device', 'cpu']) == 0
+        finally:
+            monitor_singleton().silent(False)  # evaluate silences labml's monitor
+    return project, runs
+
+
+def test_labels_name_every_setting_in_which_runs_differ(seed_runs, tmp_path, monkeypatch):
+    project, runs = seed_runs
+    monkeypatch.chdir(project)
+    assert main([r.name for r in runs.values()] + ['--out', str(tmp_path)]) == 0
+    labels = {row['run']: row['label'] for row in json.loads((tmp_path / 'comparison.json').read_text())['rows']}
+    # seed is a key setting where given; dropout is not, but it differs between these runs
+    assert labels[runs['s1'].name].endswith('seed=1, p=0.5)') and labels[runs['s2'].name].endswith('seed=2, p=0.5)')
+    assert labels[runs['p25'].name].endswith('seed=1, p=0.25)')
+
+
+def test_over_seeds_averages_runs_that_differ_only_in_seed(seed_runs, tmp_path, monkeypatch, capsys):
+    import statistics
+    project, runs = seed_runs
+    monkeypatch.chdir(project)
+    assert main([r.name for r in runs.values()] + ['--over-seeds', '--out', str(tmp_path)]) == 0
+    table = json.loads((tmp_path / 'comparison.json').read_text())
+    assert [row['runs'] for row in table['rows']] == [[runs['s1'].name, runs['s2'].name], [runs['p25'].name]]
+    pair, single = table['rows']
+    assert pair['label'] == ('evidence_mnist (cross_entropy_bayes_risk, exp, constant, kl=0.01, ep=1, p=0.5) '
+                             '× 2 seeds (1, 2)')
+    assert single['label'].endswith('p=0.25) × 1 seed (1)')
+    flat = {k: _flat(json.loads((r / 'evaluation.json').read_text())) for k, r in runs.items()}
+    cells = _markdown_rows((tmp_path / 'comparison.md').read_text())
+    for column in (c['key'] for c in table['columns']):
+        two = [flat['s1'][column], flat['s2'][column]]
+        assert pair['values'][column] == pytest.approx(statistics.mean(two), abs=1e-12), column
+        assert pair['std'][column] == pytest.approx(statistics.stdev(two), abs=1e-12), column
+        assert single['values'][column] == flat['p25'][column] and single['std'][column] is None
+        # the best mean is marked, and the cell shows mean ± std
+        best = (max if BETTER[column.rsplit('/', 1)[-1]] is max else min)(pair['values'][column],
+                                                                            single['values'][column])
+        assert (column in pair['best']) == (pair['values'][column] == best)
+        mean = f"{pair['values'][column]:.4f}"
+        assert cells[pair['label']][column] == \
+            (f'**{mean}**' if column in pair['best'] else mean) + f" ± {pair['std'][column]:.4f}"
+    assert 'mean ± sample standard deviation' in capsys.readouterr().out
