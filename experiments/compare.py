@@ -104,7 +104,8 @@ def run_config(run_dir: Path) -> Dict[str, Any]:
     """
     Every setting of a run, from labml's `configs.yaml`: the option name where one was chosen (`lenet`,
     `constant`), else the computed value when it is plain data (numbers, strings, lists). Objects (the
-    model, the data) are left out, and so are `NOT_SETTINGS`. Empty when the file is missing or unreadable.
+    model, the data) are left out, and so are `NOT_SETTINGS` and configurations labml never computed (runs
+    made before every configuration was computed at start lack those). Empty when the file is unreadable.
     """
     import yaml
     try:
@@ -120,7 +121,7 @@ def run_config(run_dir: Path) -> Dict[str, Any]:
         value = entry.get('value') if entry.get('value') is not None else entry.get('computed')
         if isinstance(value, str) and ('<' in value or '\n' in value):
             continue  # the repr of an object, not a setting
-        if value is None or isinstance(value, (bool, int, float, str, list)):
+        if isinstance(value, (bool, int, float, str, list)):
             config[key] = value
     return config
 
@@ -140,13 +141,19 @@ def row_label(experiment: str, run: str, settings: Dict[str, Any], extra: Option
     return head + (f" ({', '.join(parts)})" if parts else '')
 
 
+def known_settings(rows: List[Row], experiment: str) -> List[str]:
+    """The settings known (in `configs.yaml`) for every compared run of `experiment`."""
+    configs = [r.config for r in rows if r.experiment == experiment]
+    return sorted(set.intersection(*(set(c) for c in configs))) if configs else []
+
+
 def differing_settings(rows: List[Row], ignore: tuple = ()) -> Dict[str, List[str]]:
-    """Per experiment, the settings whose value is not the same in all its compared runs."""
+    """Per experiment, the settings known for all its compared runs whose value is not the same in all of them."""
     keys: Dict[str, List[str]] = {}
     for experiment in dict.fromkeys(r.experiment for r in rows):
         configs = [r.config for r in rows if r.experiment == experiment]
-        every = sorted(set().union(*configs))
-        keys[experiment] = [k for k in every if k not in ignore and len({json.dumps(c.get(k)) for c in configs}) > 1]
+        keys[experiment] = [k for k in known_settings(rows, experiment)
+                            if k not in ignore and len({json.dumps(c[k]) for c in configs}) > 1]
     return keys
 
 
@@ -160,13 +167,15 @@ def label_rows(rows: List[Row]) -> None:
 
 def over_seeds(rows: List[Row]) -> List[Row]:
     """
-    One row per group of runs whose settings differ only in `seed` (in the order groups first appear):
+    One row per group of runs whose settings (those known for all compared runs of the experiment) differ
+    only in `seed`, in the order groups first appear:
     values are the means over the group, `std` the sample standard deviations (`None` for one run, or
     where a run lacks the metric — then the mean is `None` too).
     """
     groups: Dict[str, List[Row]] = {}
+    known = {e: known_settings(rows, e) for e in dict.fromkeys(r.experiment for r in rows)}
     for r in rows:
-        key = json.dumps([r.experiment, {k: v for k, v in r.config.items() if k != 'seed'}], sort_keys=True)
+        key = json.dumps([r.experiment, {k: r.config[k] for k in known[r.experiment] if k != 'seed'}], sort_keys=True)
         groups.setdefault(key, []).append(r)
     differing = differing_settings(rows, ignore=('seed',))
     merged = []

@@ -195,3 +195,26 @@ def test_over_seeds_averages_runs_that_differ_only_in_seed(seed_runs, tmp_path, 
         assert cells[pair['label']][column] == \
             (f'**{mean}**' if column in pair['best'] else mean) + f" ± {pair['std'][column]:.4f}"
     assert 'mean ± sample standard deviation' in capsys.readouterr().out
+
+
+def test_settings_unknown_for_some_runs_neither_split_groups_nor_label_them():
+    """Runs made before every configuration was computed at start lack some settings in `configs.yaml`:
+    only the settings known for all compared runs decide groups and labels."""
+    from pathlib import Path
+    from experiments.compare import Row, label_rows, over_seeds
+    settings = {'loss_func': 'cross_entropy_bayes_risk'}
+
+    def row(run, config, accuracy):
+        return Row(run=run, experiment='evidence_mnist', label='', path=Path(run), settings=dict(settings),
+                   config=config, runs=[run], values={'accuracy': accuracy})
+
+    rows = [row('old1', {'seed': 5, 'dropout': 0.5}, 0.90),
+            row('new2', {'seed': 2, 'dropout': 0.5, 'fisher_coef': 0.005}, 0.92),
+            row('new3', {'seed': 2, 'dropout': 0.25, 'fisher_coef': 0.005}, 0.95)]
+    label_rows(rows)
+    assert [r.label for r in rows] == [f'evidence_mnist {n} (cross_entropy_bayes_risk, {extra})' for n, extra in
+                                       (('old1', 'p=0.5, seed=5'), ('new2', 'p=0.5, seed=2'), ('new3', 'p=0.25, seed=2'))]
+    pair, single = over_seeds(rows)
+    assert pair.runs == ['old1', 'new2'] and single.runs == ['new3']
+    assert pair.values['accuracy'] == pytest.approx(0.91) and pair.std['accuracy'] == pytest.approx(0.02 / 2 ** 0.5)  # |a − b| / √2
+    assert pair.label == 'evidence_mnist (cross_entropy_bayes_risk, p=0.5) × 2 seeds (5, 2)'
