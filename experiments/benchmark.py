@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     if args.epochs < 1 or args.batch_size < 1 or args.repeats < 1:
         p.error('--epochs, --batch-size and --repeats must be >= 1')
 
+    # The contenders run in a temporary folder: a relative --data-dir means the caller's folder
+    args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     if args.child == 'ours':
         print(json.dumps(ours(args.data_dir, args.epochs, args.batch_size, args.device)))
         return 0

@@ -95,3 +95,22 @@ def test_missing_files_fail_without_download(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert 'FileNotFoundError' in proc.stderr
+
+
+def test_benchmark_end_to_end_with_a_relative_data_dir(synthetic_data_dir):
+    """`python -m experiments.benchmark` as the README runs it: a data folder relative to the caller's folder
+    (the contenders run in a temporary folder), both contenders on the same files, the ratios printed last."""
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.benchmark', '--data-dir', synthetic_data_dir.name, '--device', 'cpu'],
+        cwd=synthetic_data_dir.parent, env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    results = json.loads(lines[-2])
+    ref, ours = results['labml_nn'], results['ours']
+    # the same data: each contender tested on the 256 synthetic test images
+    assert ref['test_samples'] == 256
+    for r in (ref, ours):
+        assert 0. <= r['test_accuracy'] <= 1. and r['epoch_s'] > 0 and r['eval_images_per_s'] > 0
+    name, value = lines[-1].split(': ')
+    assert name == 'speedup_vs_labml_nn' and float(value) == round(ref['epoch_s'] / ours['epoch_s'], 2)
