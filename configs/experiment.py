@@ -129,6 +129,17 @@ class MNISTExperimentConfigs(BaseConfigs):
         """Expected class probabilities (and uncertainty) from the model's outputs."""
         raise NotImplementedError
 
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, samples_seen: int,
+                      generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """Forward pass and loss of one (augmented) training batch: the outputs for `x`, the loss and extras.
+
+        Subclasses that train on more than the batch (synthetic outliers) override this; `generator`
+        is the run's CPU generator for any random draws.
+        """
+        outputs = self.model(x)
+        loss, extras = self.training_loss(outputs, y, samples_seen)
+        return outputs, loss, extras
+
     def check_outputs(self, outputs: torch.Tensor) -> Optional[str]:
         """A message if the outputs are unusable (e.g. non-finite evidence), else `None`."""
         return None if bool(torch.isfinite(outputs).all()) else 'non-finite model outputs'
@@ -247,8 +258,7 @@ class MNISTExperimentConfigs(BaseConfigs):
                 for g, lr in zip(self.optimizer.param_groups, base_lrs):
                     g['lr'] = lr * factor
             x = random_affine(x, self.augment_shift, self.augment_rotate, generator)
-            outputs = self.model(x)
-            loss, extras = self.training_loss(outputs, y, samples_seen)
+            outputs, loss, extras = self.training_step(x, y, samples_seen, generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

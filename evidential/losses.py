@@ -30,7 +30,11 @@ $$\text{KL}\big[\text{Dir}(\tilde{\boldsymbol\alpha}) \,\|\, \text{Dir}(\mathbf{
   + \sum_k (\tilde\alpha_k - 1)\big(\psi(\tilde\alpha_k) - \psi(\tilde S)\big),
   \qquad \tilde S = \sum_k \tilde\alpha_k.$$
 
-Every function takes evidence `[N, K]` and integer labels `[N]` and returns the mean over the batch.
+Inputs that belong to no class — synthetic outliers, see [`outliers.py`](outliers.py) — get the
+same KL with nothing removed, $\text{KL}[\text{Dir}(\boldsymbol\alpha) \| \text{Dir}(\mathbf{1})]$
+(`outlier_regulariser`): all of their evidence is misleading.
+
+Every function takes evidence `[N, K]` and integer labels `[N]` (outliers: no labels) and returns the mean over the batch.
 """
 from typing import Callable, Dict
 
@@ -126,22 +130,38 @@ def fisher_information_loss(evidence: torch.Tensor, labels: torch.Tensor, fisher
     return loss.mean()
 
 
+def kl_from_uniform(alpha: torch.Tensor) -> torch.Tensor:
+    r"""$\text{KL}[\text{Dir}(\boldsymbol\alpha) \| \text{Dir}(\mathbf{1})]$ for each row of `alpha` `[..., K]`."""
+    n_classes = alpha.shape[-1]
+    # $S = \sum_k \alpha_k$
+    strength = alpha.sum(dim=-1)
+    # $\log \Gamma(S) - \log \Gamma(K) - \sum_k \log \Gamma(\alpha_k)$
+    first = (torch.lgamma(strength)
+             - torch.lgamma(strength.new_tensor(float(n_classes)))
+             - torch.lgamma(alpha).sum(dim=-1))
+    # $\sum_k (\alpha_k - 1)(\psi(\alpha_k) - \psi(S))$
+    second = ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(strength).unsqueeze(-1))).sum(dim=-1)
+    return first + second
+
+
 def kl_uniform_regulariser(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r"""$\text{KL}[\text{Dir}(\tilde{\boldsymbol\alpha}) \| \text{Dir}(\mathbf{1})]$ with the true class's evidence removed."""
     y = _one_hot(evidence, labels)
-    n_classes = evidence.shape[-1]
     alpha = opinion(evidence).alpha
     # $\tilde{\boldsymbol\alpha} = \mathbf{y} + (1 - \mathbf{y}) \odot \boldsymbol\alpha$
     alpha_tilde = y + (1 - y) * alpha
-    # $\tilde S = \sum_k \tilde\alpha_k$
-    strength_tilde = alpha_tilde.sum(dim=-1)
-    # $\log \Gamma(\tilde S) - \log \Gamma(K) - \sum_k \log \Gamma(\tilde\alpha_k)$
-    first = (torch.lgamma(strength_tilde)
-             - torch.lgamma(strength_tilde.new_tensor(float(n_classes)))
-             - torch.lgamma(alpha_tilde).sum(dim=-1))
-    # $\sum_k (\tilde\alpha_k - 1)(\psi(\tilde\alpha_k) - \psi(\tilde S))$
-    second = ((alpha_tilde - 1) * (torch.digamma(alpha_tilde) - torch.digamma(strength_tilde).unsqueeze(-1))).sum(dim=-1)
-    return (first + second).mean()
+    return kl_from_uniform(alpha_tilde).mean()
+
+
+def outlier_regulariser(evidence: torch.Tensor) -> torch.Tensor:
+    r"""$\text{KL}[\text{Dir}(\boldsymbol\alpha) \| \text{Dir}(\mathbf{1})]$ on outliers `[N, K]`: all their evidence is misleading.
+
+    An outlier belongs to no class, so nothing is removed before the pull towards "I don't know"
+    ($\boldsymbol\alpha = \mathbf{1}$, $u = 1$); zero exactly when the evidence is zero.
+    """
+    if evidence.dim() != 2:
+        raise ValueError(f"evidence must be [N, K], got shape {tuple(evidence.shape)}")
+    return kl_from_uniform(opinion(evidence).alpha).mean()
 
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
