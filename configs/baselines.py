@@ -18,6 +18,7 @@ the model parameters, $I = H[\bar{p}] - \frac{1}{S}\sum_s H[p_s]$ with $\bar{p} 
 the epistemic part of the predictive entropy. None of them has an uncertainty mass ($u$ is `None`).
 """
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -205,6 +206,16 @@ class LeNetEnsemble(nn.Module):
         return h
 
 
+def uniform_to_softmax_kl(logits: torch.Tensor) -> torch.Tensor:
+    r"""$\text{KL}[\mathcal{U} \| \text{softmax}(\mathbf{z})]$ for each row of `logits` `[..., K]`.
+
+    Outlier exposure's loss for softmax models (Hendrycks et al., ICLR 2019): the cross-entropy from the
+    uniform distribution to $\hat{\mathbf{p}}$, minus its minimum $\log K$, so it is 0 exactly at "don't know".
+    """
+    # $-\log K - \frac{1}{K} \sum_k \log \text{softmax}(\mathbf{z})_k$
+    return -math.log(logits.shape[-1]) - logits.float().log_softmax(-1).mean(-1)
+
+
 # ---------------------------------------------------------------------- configurations
 
 class SoftmaxConfigs(MNISTExperimentConfigs):
@@ -221,6 +232,9 @@ class SoftmaxConfigs(MNISTExperimentConfigs):
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
         return Prediction(probs=outputs.float().softmax(-1))
+
+    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        return uniform_to_softmax_kl(outputs).mean()
 
 
 class MCDropoutConfigs(SoftmaxConfigs):
@@ -267,6 +281,10 @@ class EnsembleConfigs(SoftmaxConfigs):
         per_member = F.cross_entropy(outputs.flatten(0, 1), labels.repeat(m_size), reduction='none')
         per_member = per_member.view(m_size, -1).mean(1)
         return per_member.sum(), {'ce.train': per_member.mean().detach()}
+
+    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        # per member, summed like the members' cross-entropies
+        return uniform_to_softmax_kl(outputs).mean(-1).sum()
 
     def train_predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(-1).mean(0).argmax(-1)

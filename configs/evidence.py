@@ -16,7 +16,6 @@ from configs.experiment import MNISTExperimentConfigs, Prediction
 from evidential.dirichlet import opinion
 from evidential.heads import EVIDENCE_HEADS
 from evidential.losses import LOSSES, kl_uniform_regulariser, outlier_regulariser
-from evidential.outliers import jigsaw_outliers
 from evidential.schedules import KL_SCHEDULES, make_kl_schedule
 
 
@@ -28,8 +27,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     * `loss_func`: `max_likelihood_loss` (Eq. 3), `cross_entropy_bayes_risk` (Eq. 4), `squared_error_bayes_risk` (Eq. 5),
       `relaxed_squared_error` (R-EDL, with `prior_weight`), `fisher_information_loss` (I-EDL, with `fisher_coef`)
     * `kl_schedule`: `piecewise` (`kl_div_coef_schedule`), `paper` (min(1, epoch/10)), `constant` (`kl_coef`), `off`
-    * `outlier_coef` > 0: each batch also trains on jigsaw-shuffled copies of some of its images
-      (`outlier_fraction`, `outlier_grid`) with their KL to Dir(1) weighted by `outlier_coef`
+    * `outlier_coef` > 0 (shared configurations): synthetic outliers whose KL to Dir(1) is weighted by `outlier_coef`
     """
     experiment_name: str = 'evidence_mnist'
 
@@ -49,12 +47,6 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     # $\lambda_F$ of I-EDL's `fisher_information_loss`: weight of $-\log|\mathcal{I}(\boldsymbol\alpha)|$
     # (0.005 in the authors' MNIST configuration, Deng et al. 2023)
     fisher_coef: float = 0.005
-    # Synthetic outliers (`evidential/outliers.py`): weight $\lambda_o$ of their KL to $\text{Dir}(\mathbf{1})$, 0 = off
-    outlier_coef: float = 0.0
-    # Tiles per side of the jigsaw outliers (must divide 28: 2, 4, 7, 14)
-    outlier_grid: int = 2
-    # Outliers per training batch, as a fraction of the batch size
-    outlier_fraction: float = 0.5
 
     def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor,
                       samples_seen: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -69,22 +61,9 @@ class EvidenceConfigs(MNISTExperimentConfigs):
         loss = risk + coef * kl
         return loss, {'risk.train': risk, 'kl.train': kl, 'kl_coef': torch.tensor(coef)}
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor, samples_seen: int,
-                      generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        if self.outlier_coef == 0:
-            return super().training_step(x, y, samples_seen, generator)
-        # Jigsaw outliers from the first images of the (shuffled) batch
-        n_outliers = max(1, round(len(x) * self.outlier_fraction))
-        outliers = jigsaw_outliers(x[:n_outliers], self.outlier_grid, generator)
-        # One forward pass over batch and outliers together
-        both = self.model(torch.cat([x, outliers]))
-        outputs, outlier_outputs = both[:len(x)], both[len(x):]
-        loss, extras = self.training_loss(outputs, y, samples_seen)
-        # $\text{KL}[\text{Dir}(\boldsymbol\alpha_o) \| \text{Dir}(\mathbf{1})]$ on the outliers
-        kl_outliers = outlier_regulariser(self.outputs_to_evidence(outlier_outputs))
-        # $\mathcal{L} = \text{risk} + \lambda_t \text{KL} + \lambda_o \text{KL}_o$
-        loss = loss + self.outlier_coef * kl_outliers
-        return outputs, loss, {**extras, 'kl_outliers.train': kl_outliers}
+    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        # $\text{KL}[\text{Dir}(\boldsymbol\alpha_o) \| \text{Dir}(\mathbf{1})]$: an outlier's evidence is all misleading
+        return outlier_regulariser(self.outputs_to_evidence(outputs))
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
         o = opinion(self.outputs_to_evidence(outputs), self.prior_weight)
@@ -101,8 +80,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
         from labml import tracker
         tracker.set_scalar('risk.*', False)
         tracker.set_scalar('kl.*', False)
-        tracker.set_scalar('kl_outliers.*', False)
-
+        
 
 for _name, _fn in EVIDENCE_HEADS.items():
     option(EvidenceConfigs.outputs_to_evidence, _name)((lambda fn: lambda c: fn)(_fn))

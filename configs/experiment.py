@@ -24,6 +24,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 
 from evidential.data import TensorSplit, dataset_spec, load_split, tensor_split
 from evidential.augment import random_affine
+from evidential.outliers import jigsaw_outliers
 from evidential.model import LeNet
 from evidential.schedules import cosine_decay
 from configs.checkpoint import load_checkpoint, save_checkpoint
@@ -108,6 +109,13 @@ class MNISTExperimentConfigs(BaseConfigs):
     model: nn.Module
     # Dropout before the last layer
     dropout: float = 0.5
+
+    # Synthetic outliers (`evidential/outliers.py`) trained towards "don't know": weight of their loss, 0 = off
+    outlier_coef: float = 0.0
+    # Tiles per side of the jigsaw outliers (must divide 28: 2, 4, 7, 14)
+    outlier_grid: int = 2
+    # Outliers per training batch, as a fraction of the batch size
+    outlier_fraction: float = 0.5
     # Number of classes, taken from the data
     n_classes: int
 
@@ -129,16 +137,30 @@ class MNISTExperimentConfigs(BaseConfigs):
         """Expected class probabilities (and uncertainty) from the model's outputs."""
         raise NotImplementedError
 
+    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The loss that pulls the outputs for synthetic outliers towards "don't know" (used when `outlier_coef` > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support synthetic outliers (outlier_coef > 0)")
+
     def training_step(self, x: torch.Tensor, y: torch.Tensor, samples_seen: int,
                       generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         """Forward pass and loss of one (augmented) training batch: the outputs for `x`, the loss and extras.
 
-        Subclasses that train on more than the batch (synthetic outliers) override this; `generator`
-        is the run's CPU generator for any random draws.
+        With `outlier_coef` $\\lambda_o > 0$, jigsaw outliers made from the first `outlier_fraction` of the
+        (shuffled) batch go through the same forward pass and $\\mathcal{L} = \\mathcal{L}_\\text{batch}
+        + \\lambda_o \\mathcal{L}_\\text{outliers}$. `generator` is the run's CPU generator (reproducible, resumable).
         """
-        outputs = self.model(x)
+        if self.outlier_coef == 0:
+            outputs = self.model(x)
+            loss, extras = self.training_loss(outputs, y, samples_seen)
+            return outputs, loss, extras
+        outliers = jigsaw_outliers(x[:max(1, round(len(x) * self.outlier_fraction))], self.outlier_grid, generator)
+        # One forward pass over batch and outliers; samples are the second-to-last dimension (`[N, K]`, `[M, N, K]`)
+        both = self.model(torch.cat([x, outliers]))
+        outputs, outlier_outputs = both.split([len(x), len(outliers)], dim=-2)
         loss, extras = self.training_loss(outputs, y, samples_seen)
-        return outputs, loss, extras
+        outlier_loss = self.outlier_loss(outlier_outputs)
+        # $\mathcal{L} = \mathcal{L}_\text{batch} + \lambda_o \mathcal{L}_\text{outliers}$
+        return outputs, loss + self.outlier_coef * outlier_loss, {**extras, 'outliers.train': outlier_loss}
 
     def check_outputs(self, outputs: torch.Tensor) -> Optional[str]:
         """A message if the outputs are unusable (e.g. non-finite evidence), else `None`."""
@@ -184,6 +206,7 @@ class MNISTExperimentConfigs(BaseConfigs):
         tracker.set_scalar('loss.*', True)
         tracker.set_scalar('accuracy.*', True)
         tracker.set_scalar('kl_coef', False)
+        tracker.set_scalar('outliers.*', False)
         for name in ('u.correct', 'u.wrong', 'p_max.correct', 'p_max.wrong', 'strength', 'mutual_information'):
             tracker.set_histogram(name, False)
             for q in QUANTILES:

@@ -95,7 +95,7 @@ def test_training_step_adds_the_weighted_outlier_term(workdir, synthetic_data_di
     assert main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'outlier_coef=0.5', 'outlier_fraction=0.25',
                  'outlier_grid=4']) == 0
     run = next((workdir / 'logs' / 'evidence_mnist').iterdir())
-    assert 'kl_outliers.train' in _log_names(run)
+    assert 'outliers.train' in _log_names(run)
     conf, _, _ = load_trained(run.name, {'evidence_mnist': EvidenceConfigs})
     conf.model.eval()  # no dropout: both sides see the same function
     x, y = conf.dataset.train.images[:32], conf.dataset.train.labels[:32]
@@ -105,16 +105,41 @@ def test_training_step_adds_the_weighted_outlier_term(workdir, synthetic_data_di
         kl_o = outlier_regulariser(conf.outputs_to_evidence(conf.model(outliers)))
         base, _ = conf.training_loss(conf.model(x), y, 0)
     assert torch.allclose(outputs, conf.model(x), atol=1e-5)
-    assert extras['kl_outliers.train'].item() == pytest.approx(kl_o.item(), rel=1e-4)
+    assert extras['outliers.train'].item() == pytest.approx(kl_o.item(), rel=1e-4)
     assert loss.item() == pytest.approx(base.item() + 0.5 * kl_o.item(), rel=1e-4)
 
     # off: no extra forward pass, no indicator
     assert main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'outlier_coef=0']) == 0
     newest = max((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)
-    assert 'kl_outliers.train' not in _log_names(newest)
+    assert 'outliers.train' not in _log_names(newest)
 
 
 def test_bad_outlier_settings_are_usage_errors(workdir, synthetic_data_dir):
     r = run_cli('experiments.evidence_mnist', f'data_dir={synthetic_data_dir}', 'outlier_grid=3', cwd=workdir)
     assert r.returncode == 2 and 'outlier_grid=3: must divide the 28-pixel side' in r.stderr
     assert not (workdir / 'logs').exists()
+
+
+def test_softmax_outlier_loss_is_kl_from_uniform():
+    from configs.baselines import uniform_to_softmax_kl
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10) * 3
+    d = torch.distributions
+    uniform = d.Categorical(probs=torch.full((6, 10), 0.1))
+    expected = d.kl_divergence(uniform, d.Categorical(logits=logits))
+    assert torch.allclose(uniform_to_softmax_kl(logits), expected, atol=1e-5)
+    assert uniform_to_softmax_kl(torch.full((2, 10), 3.)).abs().max().item() < 1e-6  # equal logits: uniform
+
+
+@pytest.mark.parametrize('module, extra', [
+    ('experiments.softmax_mnist', []),
+    ('experiments.ensemble_mnist', ['ensemble_size=2']),
+])
+def test_baselines_train_with_outliers(module, extra, workdir, synthetic_data_dir, monkeypatch):
+    """Softmax models get outlier exposure's loss (Hendrycks et al.) on the same jigsaw outliers."""
+    import importlib
+    monkeypatch.chdir(workdir)
+    assert importlib.import_module(module).main(['preset=smoke', f'data_dir={synthetic_data_dir}',
+                                                 'outlier_coef=0.5', *extra]) == 0
+    run = next((workdir / 'logs' / module.split('.')[-1]).iterdir())
+    assert 'outliers.train' in _log_names(run)
