@@ -21,6 +21,7 @@ DEFAULTS = {
     'lr_schedule': 'cosine',
     'augment_shift': 2.,
     'augment_rotate': 10.,
+    'outlier_coef': 0.03,
     'holdout': 0.1,
     'epochs': 20,
 }
@@ -43,6 +44,7 @@ PRESETS = {
             'lr_schedule': 'constant',
             'augment_shift': 0.,
             'augment_rotate': 0.,
+            'outlier_coef': 0.,
         },
         {
             'loss_func': "main(): 'loss_func': 'squared_error_bayes_risk'",
@@ -56,6 +58,7 @@ PRESETS = {
             'holdout': 'labml_nn validates on the test set',
             'lr_schedule': 'labml_nn keeps the learning rate constant',
             'augment_shift': 'labml_nn does not augment',
+            'outlier_coef': 'labml_nn trains on MNIST only',
         }),
     'paper': Preset(
         'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
@@ -72,6 +75,7 @@ PRESETS = {
             'lr_schedule': 'constant',
             'augment_shift': 0.,
             'augment_rotate': 0.,
+            'outlier_coef': 0.,
             'holdout': 0.0,
         },
         {
@@ -87,13 +91,14 @@ PRESETS = {
             'lr_schedule': 'constant learning rate',
             'augment_shift': 'no augmentation',
             'augment_rotate': 'no augmentation',
+            'outlier_coef': 'the paper trains on MNIST only',
             'holdout': 'the paper reports the test set; no model selection',
         }),
     'tuned': Preset(
-        'the default: best uncertainty found on held-out data within ~2 CPU-minutes (see README)',
+        'the default: best uncertainty found on held-out data within ~2.5 CPU-minutes (see README)',
         {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'kl_coef',
                                   'optimizer.weight_decay', 'lr_schedule', 'augment_shift', 'augment_rotate',
-                                  'holdout', 'epochs')},
+                                  'outlier_coef', 'holdout', 'epochs')},
         {
             'outputs_to_evidence': 'exp: evidence grows fast enough for sharp, calibrated p; softplus/relu were '
                                    'under-confident (NLL 0.17 vs 0.06 at 20 epochs)',
@@ -108,8 +113,11 @@ PRESETS = {
             'lr_schedule': 'cosine decay to 0 for the last points of accuracy',
             'augment_shift': 'random shifts of up to 2 px: the 10k training images are few',
             'augment_rotate': 'random rotations of up to 10 degrees, same reason',
+            'outlier_coef': 'jigsaw-shuffled digits pulled towards no evidence, weight 0.03: held-out Fashion AUROC by u '
+                            '0.9950 +- 0.0035 over 3 seeds (none: 0.9874 +- 0.0037), AURC 0.033% (0.066%); '
+                            '0.01 / 0.1 / 0.3 and 4x4 tiles were no better (README, Results)',
             'holdout': 'validate on 10% of the training set; the test set is only for the final figure',
-            'epochs': '20 epochs: ~100 s on 2 CPU cores; 40 gave the same accuracy with worse AURC',
+            'epochs': '20 epochs: ~130 s on 2 CPU cores with the outliers; 40 gave the same accuracy with worse AURC',
         }),
     'smoke': Preset(
         'a few seconds: one small epoch, for tests and trying the pipeline',
