@@ -89,8 +89,11 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     'epochs': _positive, 'train_batch_size': _positive, 'valid_batch_size': _positive,
     'log_interval': _positive, 'seed': _non_negative, 'dropout': _fraction_open, 'holdout': _holdout,
     'kl_coef': _non_negative, 'prior_weight': _positive, 'fisher_coef': _non_negative,
-    'outlier_coef': _non_negative, 'outlier_fraction': lambda v: None if 0 < v <= 1 else 'must be in (0, 1] (outliers per batch image)',
-    'outlier_grid': lambda v: None if v in (2, 4, 7, 14) else 'must divide the 28-pixel side: 2, 4, 7 or 14', 'augment_shift': lambda v: None if 0 <= v <= 8 else 'must be in [0, 8] pixels',
+    'outlier_coef': _non_negative,
+    'outlier_fraction': lambda v: None if 0 < v <= 1 else 'must be in (0, 1] (outliers per batch image)',
+    # checked here, before anything is written; `jigsaw_outliers` would only fail in the first step
+    'outlier_grid': lambda v: None if v in (2, 4, 7, 14) else 'must divide the 28-pixel side: 2, 4, 7 or 14',
+    'augment_shift': lambda v: None if 0 <= v <= 8 else 'must be in [0, 8] pixels',
     'augment_rotate': lambda v: None if 0 <= v <= 180 else 'must be in [0, 180] degrees',
     'lr_schedule': lambda v: None if v in ('constant', 'cosine') else 'must be constant or cosine', 'kl_div_coef_schedule': _kl_points, 'device': _device, 'dashboard': _url,
     'optimizer.learning_rate': _positive, 'optimizer.weight_decay': _non_negative, 'optimizer.eps': _positive,

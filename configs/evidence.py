@@ -80,7 +80,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
         from labml import tracker
         tracker.set_scalar('risk.*', False)
         tracker.set_scalar('kl.*', False)
-        
+
 
 for _name, _fn in EVIDENCE_HEADS.items():
     option(EvidenceConfigs.outputs_to_evidence, _name)((lambda fn: lambda c: fn)(_fn))
