@@ -23,7 +23,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     """
     ## Evidential experiment
 
-    * `outputs_to_evidence`: `relu`, `softplus`, `exp`
+    * `outputs_to_evidence`: `relu`, `softplus`, `exp`, `exp_linear`
     * `loss_func`: `max_likelihood_loss` (Eq. 3), `cross_entropy_bayes_risk` (Eq. 4), `squared_error_bayes_risk` (Eq. 5),
       `relaxed_squared_error` (R-EDL, with `prior_weight`), `fisher_information_loss` (I-EDL, with `fisher_coef`)
     * `kl_schedule`: `piecewise` (`kl_div_coef_schedule`), `paper` (min(1, epoch/10)), `constant` (`kl_coef`), `off`
@@ -71,7 +71,7 @@ class EvidenceConfigs(MNISTExperimentConfigs):
 
     def nonfinite_hint(self) -> str:
         hint = super().nonfinite_hint()
-        if self.outputs_to_evidence is EVIDENCE_HEADS['exp']:
+        if self.outputs_to_evidence in (EVIDENCE_HEADS['exp'], EVIDENCE_HEADS['exp_linear']):
             return f"the exp evidence head is sensitive to large steps and {hint}"
         return hint
 

@@ -11,7 +11,17 @@ ReLU and mentions softplus and exp as alternatives.
 * **exp** $e_k = \exp(\min(z_k, c))$. Strictly positive with a gradient everywhere, but it
   explodes for large logits, so the logit is clamped at $c = 10$ ($e_k \le e^{10} \approx 22026$):
   evidence (and therefore $S$ and the losses) stays finite in float32.
+* **exp_linear** $e_k = \exp(\min(z_k, c)) \cdot (1 + \max(z_k - c, 0))$: exp up to $c = 10$, then
+  continued by its tangent line, $e^c (1 + z_k - c)$, so it stays finite (linear growth) *and* keeps
+  growing. The clamp of `exp` is a plateau: every logit above $c$ gives the same evidence $e^c$, so
+  among confident inputs $u = K / (K + e^c + \sum_{j \ne \max} e_j)$ no longer depends on how
+  confident the network is, only on the evidence for the *other* classes — and inversely: an input
+  with a competing class gets the *lower* $u$. Measured on the default model (`exp`, 20 epochs):
+  77 % of test digits had their top logit above $c$; two digits predicted wrongly with a competing class
+  got the lowest $u$ of the whole test set. The tangent continuation has no plateau: $e_k$ is
+  continuous with a continuous derivative ($e^c$ on both sides of $c$) and strictly increasing.
 """
+import math
 from typing import Callable, Dict
 
 import torch
@@ -37,10 +47,21 @@ def exp_evidence(logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.clamp(logits, max=EXP_MAX_LOGIT))
 
 
+def exp_linear_evidence(logits: torch.Tensor) -> torch.Tensor:
+    r"""$e_k = e^{z_k}$ for $z_k \le 10$, $e^{10} (1 + z_k - 10)$ above: exp, then its tangent line"""
+    below = logits <= EXP_MAX_LOGIT
+    # $e^{z_k}$ where $z_k \le c$ (the logit is zeroed elsewhere, so no `exp` overflows into the gradient)
+    exp_part = torch.exp(torch.where(below, logits, torch.zeros_like(logits)))
+    # $e^c (1 + z_k - c)$ where $z_k > c$
+    linear_part = math.exp(EXP_MAX_LOGIT) * (1 + logits - EXP_MAX_LOGIT)
+    return torch.where(below, exp_part, linear_part)
+
+
 EVIDENCE_HEADS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'relu': relu_evidence,
     'softplus': softplus_evidence,
     'exp': exp_evidence,
+    'exp_linear': exp_linear_evidence,
 }
 
 

@@ -118,6 +118,42 @@ def test_exp_head_is_clamped():
     assert e[2] == pytest.approx(math.exp(EXP_MAX_LOGIT), rel=1e-6)
 
 
+def test_exp_linear_head_is_exp_then_its_tangent_line():
+    c = EXP_MAX_LOGIT
+    z = torch.tensor([-30., 0., 5., c - 1e-3, c, c + 1e-3, c + 1., c + 6., 1e6], dtype=torch.float64,
+                     requires_grad=True)
+    e = evidence_head('exp_linear')(z)
+    e.sum().backward()
+    # exp up to c, e^c (1 + z - c) above (values worked out by hand)
+    for i in range(5):
+        assert e[i].item() == pytest.approx(math.exp(z[i].item()), rel=1e-12)
+    assert e[6].item() == pytest.approx(2 * math.exp(c), rel=1e-12)
+    assert e[7].item() == pytest.approx(7 * math.exp(c), rel=1e-12)
+    assert e[8].item() == pytest.approx(math.exp(c) * (1e6 - c + 1), rel=1e-12)
+    # continuous, with the same slope e^c on both sides of c (and at c itself)
+    assert e[5].item() - e[3].item() == pytest.approx(2e-3 * math.exp(c), rel=1e-3)
+    assert z.grad[3:].tolist()[:3] == pytest.approx([math.exp(c)] * 3, rel=1e-3)
+    assert z.grad[5:].tolist() == pytest.approx([math.exp(c)] * 4, rel=1e-12)
+    # strictly increasing everywhere, unlike `exp`, which is flat above c
+    assert (e[1:] > e[:-1]).all()
+    flat = evidence_head('exp')(z.detach())
+    assert flat[5] == flat[6] == flat[7] == flat[8]
+
+
+def test_exp_plateau_inverts_u_and_exp_linear_does_not():
+    """A very confident clean input against a barely-confident one with a competing class: on the clamp of
+    `exp` both top logits give e^10, so the competitor's evidence makes the ambiguous input look *more*
+    certain (lower u). The tangent continuation keeps the confident input's larger evidence."""
+    logits = torch.tensor([[16., -5., -5.], [11., 8., -5.]])   # [clean and confident, ambiguous]
+    u_exp = opinion(evidence_head('exp')(logits)).uncertainty_mass
+    u_lin = opinion(evidence_head('exp_linear')(logits)).uncertainty_mass
+    assert u_exp[1] < u_exp[0]
+    assert u_lin[0] < u_lin[1]
+    # u = K / S by hand: S = 3 + 7 e^10 + 2 e^-5 and 3 + 2 e^10 + e^8 + e^-5
+    assert u_lin[0].item() == pytest.approx(3 / (3 + 7 * math.exp(10) + 2 * math.exp(-5)), rel=1e-5)
+    assert u_lin[1].item() == pytest.approx(3 / (3 + 2 * math.exp(10) + math.exp(8) + math.exp(-5)), rel=1e-5)
+
+
 def test_relu_head_is_dead_below_zero_and_softplus_is_not():
     logits = torch.tensor([-3., 2.], requires_grad=True)
     evidence_head('relu')(logits).sum().backward()
