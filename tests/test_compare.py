@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from configs.presets import DEFAULTS
 from experiments.compare import ID_METRICS, MISSING, main
 from tests.conftest import run_cli
 from tests.test_baselines import trained_baselines
@@ -177,7 +178,8 @@ def test_over_seeds_averages_runs_that_differ_only_in_seed(seed_runs, tmp_path, 
     table = json.loads((tmp_path / 'comparison.json').read_text())
     assert [row['runs'] for row in table['rows']] == [[runs['s1'].name, runs['s2'].name], [runs['p25'].name]]
     pair, single = table['rows']
-    assert pair['label'] == ('evidence_mnist (cross_entropy_bayes_risk, exp, constant, kl=0.01, ep=1, p=0.5) '
+    head = DEFAULTS['outputs_to_evidence']
+    assert pair['label'] == (f'evidence_mnist (cross_entropy_bayes_risk, {head}, constant, kl=0.01, ep=1, p=0.5) '
                              '× 2 seeds (1, 2)')
     assert single['label'].endswith('p=0.25) × 1 seed (1)')
     flat = {k: _flat(json.loads((r / 'evaluation.json').read_text())) for k, r in runs.items()}
