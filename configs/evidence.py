@@ -14,7 +14,7 @@ from labml.configs import option
 
 from configs.experiment import MNISTExperimentConfigs, Prediction
 from evidential.dirichlet import opinion
-from evidential.heads import EVIDENCE_HEADS
+from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, on_exp_plateau
 from evidential.losses import LOSSES, kl_uniform_regulariser, outlier_regulariser
 from evidential.schedules import KL_SCHEDULES, make_kl_schedule
 
@@ -68,6 +68,17 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     def predict(self, outputs: torch.Tensor) -> Prediction:
         o = opinion(self.outputs_to_evidence(outputs), self.prior_weight)
         return Prediction(probs=o.expected_probability, uncertainty=o.uncertainty_mass, strength=o.strength)
+
+    def evaluation_notes(self, outputs: torch.Tensor, split_name: str) -> List[str]:
+        notes = super().evaluation_notes(outputs, split_name)
+        if self.outputs_to_evidence is EVIDENCE_HEADS['exp'] and len(outputs):
+            share = on_exp_plateau(outputs).float().mean().item()
+            if share > 0:
+                notes.append(f"{share:.1%} of the {split_name} images have a top logit at or above "
+                             f"{EXP_MAX_LOGIT:g}, the clamp of the exp head: their u sees only the evidence for "
+                             f"the other classes, not how confident the network is (README: the plateau of the "
+                             f"clamped exp head); outputs_to_evidence=exp_linear has no plateau")
+        return notes
 
     def nonfinite_hint(self) -> str:
         hint = super().nonfinite_hint()

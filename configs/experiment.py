@@ -170,6 +170,10 @@ class MNISTExperimentConfigs(BaseConfigs):
         """The likely cause of non-finite numbers, for the error message."""
         return f"the learning rate ({self.optimizer.param_groups[0]['lr']:g}) may be too large"
 
+    def evaluation_notes(self, outputs: torch.Tensor, split_name: str) -> List[str]:
+        """Warnings about a split's raw evaluation outputs, for `experiments.evaluate` to print and record."""
+        return []
+
     def architecture(self) -> Dict[str, object]:
         """What must match for a checkpoint to be loaded into this model."""
         return {'model': self.model.__class__.__name__, 'n_classes': self.n_classes, 'dataset': self.dataset.name}

@@ -57,6 +57,12 @@ def exp_linear_evidence(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(below, exp_part, linear_part)
 
 
+def on_exp_plateau(logits: torch.Tensor) -> torch.Tensor:
+    r"""Per input `[..., K]` → `[...]`: whether its top logit is on the clamp of `exp` ($\max_k z_k \ge c$),
+    where $e_{\max} = e^c$ whatever the logit, and $u$ only sees the other classes' evidence."""
+    return logits.max(dim=-1).values >= EXP_MAX_LOGIT
+
+
 EVIDENCE_HEADS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'relu': relu_evidence,
     'softplus': softplus_evidence,

@@ -555,6 +555,10 @@ def evaluate(args: argparse.Namespace, started: Optional[float] = None) -> Dict[
     torch.manual_seed(conf.seed)
     test = conf.dataset.valid if selecting else conf.dataset.test
     outputs = conf.evaluate_outputs(test)
+    output_notes = conf.evaluation_notes(outputs, 'held-out' if selecting else 'test')
+    for note in output_notes:
+        print(f"note: {note}")
+    notes += output_notes
     id_pred = conf.predict(outputs)
     id_arrays = prediction_arrays(id_pred)
     labels = test.labels.cpu().numpy()

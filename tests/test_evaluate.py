@@ -235,3 +235,40 @@ def test_scores_follow_what_the_model_gives():
     result = E.compute_metrics({'probs': probs.numpy()}, labels, {'ood': {'probs': probs.numpy()[::-1].copy()}})
     assert result['id_score'] == 'entropy' and list(result['id']) == list(metrics.ID_KEYS)
     assert set(result['ood']['ood']) == {'entropy', 'msp'}
+
+
+def test_exp_plateau_is_noted(workdir, synthetic_data_dir, monkeypatch):
+    """Inputs whose top logit is on the clamp of the `exp` head are counted and noted; `exp_linear` has no plateau."""
+    from configs.checkpoint import load_checkpoint, save_checkpoint
+    from configs.evidence import EvidenceConfigs
+    from configs.runner import load_trained
+    monkeypatch.chdir(workdir)
+    for head in ('exp', 'exp_linear'):
+        assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'train_batch_size=128', 'device=cpu',
+                      f'outputs_to_evidence={head}']) == 0
+    runs = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)
+    shares = []
+    for run in runs:
+        # one epoch on tiny data gives small logits: scale the output layer so some top logits pass 10
+        state = load_checkpoint(run)
+        for name in ('out.weight', 'out.bias'):
+            state['model'][name] = state['model'][name] * 20
+        save_checkpoint(run, state)
+        conf, _, _ = load_trained(run.name, {'evidence_mnist': EvidenceConfigs}, data_dir=synthetic_data_dir)
+        conf.model.eval()
+        with torch.no_grad():
+            logits = conf.model(conf.dataset.test.images)
+        shares.append((logits.max(dim=1).values >= 10.).float().mean().item())
+        notes = conf.evaluation_notes(logits, 'test')
+        if run == runs[0]:
+            assert len(notes) == 1 and notes[0].startswith(f'{shares[0]:.1%} of the test images have a top logit')
+        else:
+            assert notes == []
+    assert 0 < shares[0] < 1 and shares[1] > 0
+
+    r = run_cli(MODULE, runs[0].name, '--data-dir', str(synthetic_data_dir), '--device', 'cpu', '--fgsm-samples', '16',
+                cwd=workdir, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    line = next(x for x in r.stdout.splitlines() if 'clamp of the exp head' in x)
+    assert line.startswith(f'note: {shares[0]:.1%} of the test images have a top logit at or above 10')
+    assert line[len('note: '):] in json.loads((runs[0] / 'evaluation.json').read_text())['notes']
