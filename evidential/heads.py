@@ -17,9 +17,11 @@ ReLU and mentions softplus and exp as alternatives.
   among confident inputs $u = K / (K + e^c + \sum_{j \ne \max} e_j)$ no longer depends on how
   confident the network is, only on the evidence for the *other* classes — and inversely: an input
   with a competing class gets the *lower* $u$. Measured on the default model (`exp`, 20 epochs):
-  77 % of test digits had their top logit above $c$; two digits predicted wrongly with a competing class
-  got the lowest $u$ of the whole test set. The tangent continuation has no plateau: $e_k$ is
-  continuous with a continuous derivative ($e^c$ on both sides of $c$) and strictly increasing.
+  77 % of test digits had their top logit above $c$, and confidently wrong digits on the plateau got some
+  of the lowest $u$ of the test set (ranks 14, 25, 29 and 219 of 10,000 from the lowest, over three
+  seeds), which made $u$ rank errors 3x worse (AURC) than with this head. The tangent continuation has
+  no plateau: $e_k$ is continuous with a continuous derivative ($e^c$ on both sides of $c$) and strictly
+  increasing.
 """
 import math
 from typing import Callable, Dict
