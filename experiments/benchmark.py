@@ -5,17 +5,19 @@ Benchmark: this project's training path against labml_nn's own evidential MNIST 
 
 Both contenders train the labml_nn tutorial's settings (LeNet, SSE Bayes risk, softplus, Adam 1e-3,
 weight decay 5e-3, dropout 0.5, piecewise KL) on the same files, batch size and epochs, each in its
-own child process (so peak RSS is its own), one after the other. Printed for each: train samples/s,
+own child process (so peak RSS is its own), one at a time. Printed for each: train samples/s,
 epoch wall time (train + validation), peak RSS, final test accuracy and evaluation images/s; then
 the ratios. The last line is `speedup_vs_labml_nn: X.XX` (labml_nn epoch time / ours).
 
-With `--repeats N` each contender runs N times and the fastest run counts (the least disturbed by
-other work on the machine).
+With `--repeats N` each contender runs N times, interleaved with the other's runs, and the fastest run
+of each counts (the least disturbed by other work on the machine); the ratio of each neighbouring pair
+of runs is printed too, so the spread of the final figure shows.
 """
 import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,18 +107,19 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPU cores, torch {torch.__version__}, best of {args.repeats}", flush=True)
     common = ['--data-dir', args.data_dir, '--epochs', str(args.epochs), '--batch-size', str(args.batch_size),
               '--device', device]
-    results = {}
+    contenders = {'labml_nn': [sys.executable, '-m', 'experiments.reference_labml_nn', *common, '--quiet'],
+                  'ours': [sys.executable, '-m', 'experiments.benchmark', '--child', 'ours', *common]}
+    runs = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd in (
-                ('labml_nn', [sys.executable, '-m', 'experiments.reference_labml_nn', *common, '--quiet']),
-                ('ours', [sys.executable, '-m', 'experiments.benchmark', '--child', 'ours', *common])):
-            runs = []
-            for i in range(args.repeats):
-                runs.append(_child(cmd, tmp))
-                print(f"  {name} run {i + 1}: epoch {runs[-1]['epoch_s']:.2f} s", flush=True)
-            results[name] = _best(runs)
-
-    ref, our = results['labml_nn'], results['ours']
+        # Interleaved (labml_nn, ours, labml_nn, ours, ...): a slow spell of a shared machine then slows
+        # both contenders of a pair instead of all the runs of one of them
+        for i in range(args.repeats):
+            for name, cmd in contenders.items():
+                runs[name].append(_child(cmd, tmp))
+                print(f"  {name} run {i + 1}: epoch {runs[name][-1]['epoch_s']:.2f} s", flush=True)
+    ref, our = _best(runs['labml_nn']), _best(runs['ours'])
+    # The ratio of each pair of neighbouring runs: its spread says how far to trust the final figure
+    paired = [r['epoch_s'] / o['epoch_s'] for r, o in zip(runs['labml_nn'], runs['ours'])]
     rows = [('train samples/s', 'train_samples_per_s', '{:,.0f}'), ('epoch time (s)', 'epoch_s', '{:.2f}'),
             ('peak RSS (MB)', 'peak_rss_mb', '{:,.0f}'), ('test accuracy', 'test_accuracy', '{:.4f}'),
             ('eval images/s', 'eval_images_per_s', '{:,.0f}')]
@@ -124,7 +127,11 @@ def main(argv=None) -> int:
     for label, key, fmt in rows:
         ratio = our[key] / ref[key] if ref[key] else float('nan')
         print(f"{label:<18}{fmt.format(ref[key]):>12}{fmt.format(our[key]):>12}{ratio:>8.2f}x")
-    print(json.dumps({'labml_nn': ref, 'ours': our}))
+    if len(paired) > 1:
+        print(f"epoch time ratio of each interleaved pair: {', '.join(f'{x:.2f}' for x in paired)} "
+              f"(median {statistics.median(paired):.2f})")
+    print(json.dumps({'labml_nn': ref, 'ours': our, 'paired_epoch_ratios': paired,
+                      'epoch_s_of_each_run': {name: [r['epoch_s'] for r in rs] for name, rs in runs.items()}}))
     print(f"speedup_vs_labml_nn: {ref['epoch_s'] / our['epoch_s']:.2f}")
     return 0
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -99,9 +100,11 @@ def test_missing_files_fail_without_download(tmp_path):
 
 def test_benchmark_end_to_end_with_a_relative_data_dir(synthetic_data_dir):
     """`python -m experiments.benchmark` as the README runs it: a data folder relative to the caller's folder
-    (the contenders run in a temporary folder), both contenders on the same files, the ratios printed last."""
+    (the contenders run in a temporary folder), both contenders on the same files, their runs interleaved,
+    the ratios printed last."""
     proc = subprocess.run(
-        [sys.executable, '-m', 'experiments.benchmark', '--data-dir', synthetic_data_dir.name, '--device', 'cpu'],
+        [sys.executable, '-m', 'experiments.benchmark', '--data-dir', synthetic_data_dir.name, '--device', 'cpu',
+         '--repeats', '2'],
         cwd=synthetic_data_dir.parent, env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)},
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -114,3 +117,14 @@ def test_benchmark_end_to_end_with_a_relative_data_dir(synthetic_data_dir):
         assert 0. <= r['test_accuracy'] <= 1. and r['epoch_s'] > 0 and r['eval_images_per_s'] > 0
     name, value = lines[-1].split(': ')
     assert name == 'speedup_vs_labml_nn' and float(value) == round(ref['epoch_s'] / ours['epoch_s'], 2)
+    # runs alternate between the contenders; each contender's fastest run is the one reported
+    runs = re.findall(r'^  (labml_nn|ours) run (\d): epoch ([0-9.]+) s$', proc.stdout, re.M)
+    assert [(n, int(i)) for n, i, _ in runs] == [('labml_nn', 1), ('ours', 1), ('labml_nn', 2), ('ours', 2)]
+    times = results['epoch_s_of_each_run']
+    assert [f'{float(t):.2f}' for _, _, t in runs] == [f'{t:.2f}' for pair in zip(times['labml_nn'], times['ours'])
+                                                        for t in pair]
+    assert ref['epoch_s'] == min(times['labml_nn']) and ours['epoch_s'] == min(times['ours'])
+    # one ratio per interleaved pair, printed with their median
+    paired = results['paired_epoch_ratios']
+    assert paired == [r / o for r, o in zip(times['labml_nn'], times['ours'])]
+    assert f"epoch time ratio of each interleaved pair: {paired[0]:.2f}, {paired[1]:.2f} " in proc.stdout
