@@ -128,3 +128,7 @@ def test_benchmark_end_to_end_with_a_relative_data_dir(synthetic_data_dir):
     paired = results['paired_epoch_ratios']
     assert paired == [r / o for r, o in zip(times['labml_nn'], times['ours'])]
     assert f"epoch time ratio of each interleaved pair: {paired[0]:.2f}, {paired[1]:.2f} " in proc.stdout
+    # run i of both contenders has seed i; the accuracy is the mean over the seeds
+    for r in (ref, ours):
+        assert r['seeds'] == [0, 1] and len(r['test_accuracy_of_each_seed']) == 2
+        assert r['test_accuracy'] == sum(r['test_accuracy_of_each_seed']) / 2
