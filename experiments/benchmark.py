@@ -13,8 +13,8 @@ the ratios. The last line is `speedup_vs_labml_nn: X.XX` (labml_nn epoch time / 
 With `--repeats N` each contender runs N times, interleaved with the other's runs, run i of both with
 seed `--seed` + i. The fastest run of each counts for speed (the least disturbed by other work on the
 machine) and the ratio of each neighbouring pair of runs is printed too, so the spread of the final
-figure shows; the test accuracy is the mean over the N seeds (one epoch's accuracy moves by tenths of a
-percent between seeds, more than the two contenders differ).
+figure shows; the test accuracy is the mean over the N seeds (after one epoch it moves by one or two
+points between seeds, more than the two contenders differ).
 """
 import argparse
 import json
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                 runs[name].append(_child([*cmd, '--seed', str(args.seed + i)], tmp))
                 print(f"  {name} run {i + 1}: epoch {runs[name][-1]['epoch_s']:.2f} s", flush=True)
     ref, our = _best(runs['labml_nn']), _best(runs['ours'])
-    # Accuracy after so few epochs moves by tenths of a percent between seeds: compare means over all the runs
+    # Accuracy after so few epochs moves by points between seeds: compare means over all the runs
     for best, rs in ((ref, runs['labml_nn']), (our, runs['ours'])):
         best['seeds'] = [r['seed'] for r in rs]
         best['test_accuracy_of_each_seed'] = [r['test_accuracy'] for r in rs]
