@@ -52,7 +52,8 @@ def exp_evidence(logits: torch.Tensor) -> torch.Tensor:
 def exp_linear_evidence(logits: torch.Tensor) -> torch.Tensor:
     r"""$e_k = e^{z_k}$ for $z_k \le 10$, $e^{10} (1 + z_k - 10)$ above: exp, then its tangent line"""
     below = logits <= EXP_MAX_LOGIT
-    # $e^{z_k}$ where $z_k \le c$ (the logit is zeroed elsewhere, so no `exp` overflows into the gradient)
+    # $e^{z_k}$ where $z_k \le c$ (the logit is zeroed elsewhere, so no `exp` overflows into the gradient;
+    # not `exp_evidence`: its clamp passes no gradient at exactly $z_k = c$, where the slope is $e^c$)
     exp_part = torch.exp(torch.where(below, logits, torch.zeros_like(logits)))
     # $e^c (1 + z_k - c)$ where $z_k > c$
     linear_part = math.exp(EXP_MAX_LOGIT) * (1 + logits - EXP_MAX_LOGIT)
