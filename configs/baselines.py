@@ -34,7 +34,7 @@ from configs.cli import Preset
 from configs.experiment import MNISTExperimentConfigs, Prediction
 from configs.presets import DEFAULTS as EVIDENCE_DEFAULTS, PRESETS as EVIDENCE_PRESETS
 from evidential.dirichlet import entropy
-from evidential.model import LeNet
+from evidential.models.lenet import LeNet
 
 
 # ---------------------------------------------------------------------- predictions

@@ -25,7 +25,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 from evidential.data import TensorSplit, dataset_spec, load_split, tensor_split
 from evidential.augment import random_affine
 from evidential.outliers import jigsaw_outliers
-from evidential.model import LeNet
+from evidential.models.lenet import LeNet
 from evidential.schedules import cosine_decay
 from configs.checkpoint import load_checkpoint, save_checkpoint
 

@@ -16,7 +16,7 @@ from configs.cli import schema
 from configs.evidence import EvidenceConfigs
 from configs.presets import DEFAULTS as EVIDENCE_DEFAULTS
 from configs.runner import load_trained
-from evidential.model import LeNet
+from evidential.models.lenet import LeNet
 from experiments import ensemble_mnist, mc_dropout_mnist, softmax_mnist
 
 # labml warns when a subclass overrides an option; EnsembleConfigs refuses the single `lenet` on purpose
