@@ -31,16 +31,18 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: Path, write, mode: Optional[int] = None) -> None:
+def atomic_write_bytes(path: Path, write, mode: Optional[int] = None, sync: bool = True) -> None:
     """Calls `write(file)` on a temporary file next to `path`, then renames it to `path`
-    (permissions `mode`, default those of a newly created file)."""
+    (permissions `mode`, default those of a newly created file). `sync` flushes the file to disk before the
+    rename, so a power cut cannot leave an empty file; a reader never sees half of one either way."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, _default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:

@@ -12,16 +12,15 @@ of it (in the spirit of nanoGPT's configurator):
 * option keys (`loss_func`, `optimizer.optimizer`, ...) accept only their registered names;
 * ranges are checked (`epochs >= 1`, `0 <= dropout < 1`, ...);
 * every override is printed;
-* any mistake is one line on stderr and exit code 2, before anything is written.
+* any mistake raises `UsageError` before anything is written (the entry point prints it as one line on
+  stderr and exits with code 2).
 """
 import ast
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, get_origin
 
 from labml_nn.optimizers.configs import OptimizerConfigs
 
-from evidential.schedules import validate_piecewise_points
 
 
 class UsageError(ValueError):
@@ -51,10 +50,10 @@ OPTIMIZER_KEYS = {'optimizer', 'learning_rate', 'weight_decay', 'weight_decouple
 OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'RAdam', 'AdaBelief']
 
 
-def _positive(v): return None if v > 0 else 'must be > 0'
-def _non_negative(v): return None if v >= 0 else 'must be >= 0'
-def _fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
-def _at_least_one(v): return None if v >= 1 else 'must be >= 1'
+def positive(v): return None if v > 0 else 'must be > 0'
+def non_negative(v): return None if v >= 0 else 'must be >= 0'
+def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
+def at_least_one(v): return None if v >= 1 else 'must be >= 1'
 
 
 def _betas(v):
@@ -70,36 +69,31 @@ def _url(v):
 
 
 def _device(v):
-    from configs.experiment import resolve_device
+    from evidential.data import resolve_device
     try:
         resolve_device(v)
     except (ValueError, RuntimeError) as e:
         return str(e).split(': ', 1)[-1] if str(e).startswith('device=') else f'is not a device ({e})'
 
 
-def _kl_points(v):
-    try:
-        validate_piecewise_points(v)
-    except ValueError as e:
-        return str(e)
-
-
-# Range checks: key -> function returning an error text (or None when the value is fine)
+# Range checks of the keys every family has: key -> function returning an error text (or None when the
+# value is fine). Each family adds its own (`Family.checks`).
 CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
-    'epochs': _positive, 'train_batch_size': _positive, 'valid_batch_size': _positive,
-    'log_interval': _positive, 'seed': _non_negative, 'dropout': _fraction_open, 'holdout': _holdout,
-    'kl_coef': _non_negative, 'prior_weight': _positive, 'fisher_coef': _non_negative,
-    'outlier_coef': _non_negative,
-    'outlier_fraction': lambda v: None if 0 < v <= 1 else 'must be in (0, 1] (outliers per batch image)',
-    # checked here, before anything is written; `jigsaw_outliers` would only fail in the first step
-    'outlier_grid': lambda v: None if v in (2, 4, 7, 14) else 'must divide the 28-pixel side: 2, 4, 7 or 14',
-    'augment_shift': lambda v: None if 0 <= v <= 8 else 'must be in [0, 8] pixels',
-    'augment_rotate': lambda v: None if 0 <= v <= 180 else 'must be in [0, 180] degrees',
-    'lr_schedule': lambda v: None if v in ('constant', 'cosine') else 'must be constant or cosine', 'kl_div_coef_schedule': _kl_points, 'device': _device, 'dashboard': _url,
-    'optimizer.learning_rate': _positive, 'optimizer.weight_decay': _non_negative, 'optimizer.eps': _positive,
-    'optimizer.momentum': _fraction_open, 'optimizer.betas': _betas, 'optimizer.warmup': _non_negative,
-    # baselines (configs/baselines.py): MC-dropout samples T and ensemble members M
-    'mc_samples': _at_least_one, 'ensemble_size': _at_least_one,
+    'epochs': positive,
+    'train_batch_size': positive,
+    'valid_batch_size': positive,
+    'log_interval': positive,
+    'seed': non_negative,
+    'holdout': _holdout,
+    'lr_schedule': lambda v: None if v in ('constant', 'cosine') else 'must be constant or cosine',
+    'device': _device,
+    'dashboard': _url,
+    'optimizer.learning_rate': positive,
+    'optimizer.weight_decay': non_negative,
+    'optimizer.eps': positive,
+    'optimizer.momentum': fraction_open,
+    'optimizer.betas': _betas,
+    'optimizer.warmup': non_negative,
 }
 
 
@@ -172,8 +166,9 @@ def coerce(f: Field, raw: Any) -> Any:
     raise UsageError(f"{f.key}={raw}: expected {_type_name(f.type)}, got {type(value).__name__}")
 
 
-def check(key: str, value: Any) -> None:
-    fn = CHECKS.get(key)
+def check(key: str, value: Any, checks: Optional[Dict[str, Callable[[Any], Optional[str]]]] = None) -> None:
+    """Raises `UsageError` when `checks` (default: the shared `CHECKS`) find a problem with `value`."""
+    fn = (CHECKS if checks is None else checks).get(key)
     problem = fn(value) if fn else None
     if problem:
         raise UsageError(f"{key}={value!r}: {problem}")
@@ -199,8 +194,10 @@ def parse_argv(argv: List[str]) -> Tuple[Optional[str], Dict[str, str], bool]:
     return preset, overrides, want_help
 
 
-def validate(fields: Dict[str, Field], values: Dict[str, Any]) -> Dict[str, Any]:
-    """Coerces and checks every value; raises `UsageError` on the first problem."""
+def validate(fields: Dict[str, Field], values: Dict[str, Any],
+             checks: Optional[Dict[str, Callable[[Any], Optional[str]]]] = None) -> Dict[str, Any]:
+    """Coerces and checks every value (range checks: `checks`, default the shared `CHECKS`);
+    raises `UsageError` on the first problem."""
     out = {}
     for key, raw in values.items():
         if key not in fields:
@@ -210,7 +207,7 @@ def validate(fields: Dict[str, Field], values: Dict[str, Any]) -> Dict[str, Any]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ''
             raise UsageError(f"unknown key {key!r}{hint}; see --help for the list")
         value = coerce(fields[key], raw)
-        check(key, value)
+        check(key, value, checks)
         out[key] = value
     return out
 
@@ -237,35 +234,30 @@ class Preset:
     reasons: Dict[str, str] = field(default_factory=dict)
 
 
-def resolve(argv: List[str], configs_class, defaults: Dict[str, Any], presets: Dict[str, Preset],
-            prog: str) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
+def resolve(argv: List[str], family) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
     """
-    Parses `argv` into the full, validated values (defaults ← preset ← overrides).
+    Parses `argv` into the full, validated values of a `configs.registry.Family` (defaults ← preset ← overrides).
 
     Returns `(values, overrides, help_requested)`; prints the preset and every override.
     Raises `UsageError` on any mistake.
     """
     preset_name, raw, want_help = parse_argv(argv)
-    fields = schema(configs_class, defaults)
+    fields = schema(family.configs, family.defaults)
+    checks = {**CHECKS, **family.checks}
     if want_help:
-        print(format_help(prog, fields, presets))
+        print(format_help(family.prog, fields, family.presets))
         return {}, {}, True
-    values = validate(fields, defaults)
+    values = validate(fields, family.defaults, checks)
     if preset_name is not None:
-        if preset_name not in presets:
-            raise UsageError(f"preset={preset_name}: unknown preset; valid: {', '.join(presets)}")
-        preset = presets[preset_name]
-        values.update(validate(fields, preset.values))
+        if preset_name not in family.presets:
+            raise UsageError(f"preset={preset_name}: unknown preset; valid: {', '.join(family.presets)}")
+        preset = family.presets[preset_name]
+        values.update(validate(fields, preset.values, checks))
         print(f"preset {preset_name}: {preset.description}")
         for k, v in preset.values.items():
             print(f"  {k} = {v!r}" + (f"  # {preset.reasons[k]}" if k in preset.reasons else ''))
-    overrides = validate(fields, raw)
+    overrides = validate(fields, raw, checks)
     for k, v in overrides.items():
         print(f"override {k} = {v!r} (was {values.get(k, fields[k].default)!r})")
     values.update(overrides)
     return values, overrides, False
-
-
-def exit_usage(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)

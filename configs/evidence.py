@@ -10,16 +10,21 @@ from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import torch
+import torch.nn as nn
+from labml import tracker
 from labml.configs import option
 
-from configs.experiment import MNISTExperimentConfigs, Prediction
+from configs.cli import Preset, non_negative, positive
+from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, lenet_body
+from configs.registry import Capabilities, Family
 from evidential.dirichlet import opinion
+from evidential.prediction import Prediction
 from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, on_exp_plateau
 from evidential.losses import LOSSES, kl_uniform_regulariser, outlier_regulariser
-from evidential.schedules import KL_SCHEDULES, make_kl_schedule
+from evidential.schedules import KL_SCHEDULES, make_kl_schedule, validate_piecewise_points
 
 
-class EvidenceConfigs(MNISTExperimentConfigs):
+class EvidenceConfigs(LeNetExperimentConfigs):
     """
     ## Evidential experiment
 
@@ -27,9 +32,12 @@ class EvidenceConfigs(MNISTExperimentConfigs):
     * `loss_func`: `max_likelihood_loss` (Eq. 3), `cross_entropy_bayes_risk` (Eq. 4), `squared_error_bayes_risk` (Eq. 5),
       `relaxed_squared_error` (R-EDL, with `prior_weight`), `fisher_information_loss` (I-EDL, with `fisher_coef`)
     * `kl_schedule`: `piecewise` (`kl_div_coef_schedule`), `paper` (min(1, epoch/10)), `constant` (`kl_coef`), `off`
-    * `outlier_coef` > 0 (shared configurations): synthetic outliers whose KL to Dir(1) is weighted by `outlier_coef`
+    * `outlier_coef` > 0 (`configs/lenet.py`): synthetic outliers whose KL to Dir(1) is weighted by `outlier_coef`
     """
     experiment_name: str = 'evidence_mnist'
+
+    # The model, chosen by name among this family's options
+    model: nn.Module
 
     # Evidence head $e = g(\text{logits})$
     outputs_to_evidence: Callable[[torch.Tensor], torch.Tensor]
@@ -67,7 +75,16 @@ class EvidenceConfigs(MNISTExperimentConfigs):
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
         o = opinion(self.outputs_to_evidence(outputs), self.prior_weight)
-        return Prediction(probs=o.expected_probability, uncertainty=o.uncertainty_mass, strength=o.strength)
+        # the uncertainty mass $u = K\lambda / S$ is the family's score; evidence and strength are extras
+        return Prediction(probs=o.expected_probability, scores={'u': o.uncertainty_mass},
+                          extras={'strength': o.strength, 'evidence': o.evidence})
+
+    def track_prediction(self, pred: Prediction, correct: torch.Tensor):
+        # u of the right and of the wrong predictions, and the strength S
+        self.track_distribution('u.correct', pred.scores['u'][correct])
+        self.track_distribution('u.wrong', pred.scores['u'][~correct])
+        self.track_p_max(pred, correct)
+        self.track_distribution('strength', pred.extras['strength'])
 
     def evaluation_notes(self, outputs: torch.Tensor, split_name: str) -> List[str]:
         notes = super().evaluation_notes(outputs, split_name)
@@ -88,9 +105,9 @@ class EvidenceConfigs(MNISTExperimentConfigs):
 
     def init_tracker(self):
         super().init_tracker()
-        from labml import tracker
         tracker.set_scalar('risk.*', False)
         tracker.set_scalar('kl.*', False)
+        tracker.set_scalar('kl_coef', False)
 
 
 for _name, _fn in EVIDENCE_HEADS.items():
@@ -109,3 +126,164 @@ for _name in KL_SCHEDULES:
     option(EvidenceConfigs.kl_schedule, _name)(
         (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
                                                  points=c.kl_div_coef_schedule, coef=c.kl_coef))(_name))
+
+option(EvidenceConfigs.model, 'lenet')(lenet_body)
+
+
+# ---------------------------------------------------------------------- defaults and presets
+# The defaults are the values every run starts from; a preset lists only what it changes, each value
+# with the reason (and source) next to it, and the command line overrides both.
+
+# Every option has an explicit default, so a run's configs.yaml always names what was used.
+# The defaults are the `tuned` preset below (issue 8): chosen on a held-out 10% of the training set.
+DEFAULTS = {
+    'dataset': 'mnist',
+    'model': 'lenet',
+    'outputs_to_evidence': 'exp_linear',
+    'loss_func': 'cross_entropy_bayes_risk',
+    'kl_schedule': 'constant',
+    'kl_coef': 0.01,
+    'optimizer.optimizer': 'Adam',
+    'optimizer.learning_rate': 1e-3,
+    'optimizer.weight_decay': 0.,
+    'lr_schedule': 'cosine',
+    'augment_shift': 2.,
+    'augment_rotate': 10.,
+    'outlier_coef': 0.03,
+    'holdout': 0.1,
+    'epochs': 20,
+}
+
+PRESETS = {
+    'labml': Preset(
+        "labml_nn's evidential MNIST tutorial (labml_nn/uncertainty/evidence/experiment.py)",
+        {
+            'loss_func': 'squared_error_bayes_risk',
+            'outputs_to_evidence': 'softplus',
+            'kl_schedule': 'piecewise',
+            'kl_div_coef_schedule': [(0, 0.), (0.2, 0.01), (1, 1.)],
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'epochs': 10,
+            'train_batch_size': 64,
+            'holdout': 0.0,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
+            'outlier_coef': 0.,
+        },
+        {
+            'loss_func': "main(): 'loss_func': 'squared_error_bayes_risk'",
+            'outputs_to_evidence': "main(): 'outputs_to_evidence': 'softplus'",
+            'kl_div_coef_schedule': 'Configs.kl_div_coef_schedule',
+            'optimizer.learning_rate': "main(): 'optimizer.learning_rate': 0.001",
+            'optimizer.weight_decay': "main(): 'optimizer.weight_decay': 0.005 (labml_nn Adam, decoupled)",
+            'dropout': "main(): 'dropout': 0.5",
+            'epochs': 'MNISTConfigs.epochs = 10',
+            'train_batch_size': "labml_nn MNISTConfigs train_batch_size = 64",
+            'holdout': 'labml_nn validates on the test set',
+            'lr_schedule': 'labml_nn keeps the learning rate constant',
+            'augment_shift': 'labml_nn does not augment',
+            'outlier_coef': 'labml_nn trains on MNIST only',
+        }),
+    'paper': Preset(
+        'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
+        {
+            'loss_func': 'squared_error_bayes_risk',
+            'outputs_to_evidence': 'relu',
+            'kl_schedule': 'paper',
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'train_batch_size': 1000,
+            'epochs': 50,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
+            'outlier_coef': 0.,
+            'holdout': 0.0,
+        },
+        {
+            'loss_func': 'Sec. 3: Eq. 5 (sum of squares) is the loss used in the experiments',
+            'outputs_to_evidence': 'Sec. 3/4: ReLU output layer for non-negative evidence',
+            'kl_schedule': 'Sec. 4: lambda_t = min(1, t/10), t the epoch index',
+            'optimizer.optimizer': 'Sec. 5: Adam',
+            'optimizer.learning_rate': "authors' TensorFlow notebook: Adam's default 1e-3",
+            'optimizer.weight_decay': "authors' notebook: L2 0.005 (here decoupled, as labml_nn's Adam does)",
+            'dropout': 'Sec. 5: LeNet with 500 hidden units and dropout',
+            'train_batch_size': "authors' notebook: batch size 1000",
+            'epochs': "authors' notebook: 50 epochs",
+            'lr_schedule': 'constant learning rate',
+            'augment_shift': 'no augmentation',
+            'augment_rotate': 'no augmentation',
+            'outlier_coef': 'the paper trains on MNIST only',
+            'holdout': 'the paper reports the test set; no model selection',
+        }),
+    'tuned': Preset(
+        'the default: best uncertainty found on held-out data within ~2.5 CPU-minutes (see README)',
+        {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'kl_coef',
+                                  'optimizer.weight_decay', 'lr_schedule', 'augment_shift', 'augment_rotate',
+                                  'outlier_coef', 'holdout', 'epochs')},
+        {
+            'outputs_to_evidence': 'exp: evidence grows fast enough for sharp, calibrated p; softplus/relu were '
+                                   'under-confident (NLL 0.17 vs 0.06 at 20 epochs); exp_linear, not the clamped exp: '
+                                   'above a logit of 10 the clamp is a plateau on which u ranks inputs by their '
+                                   'competing evidence (77% of digits sit on it); same held-out figures',
+            'loss_func': 'Eq. 4 with exp matched or beat SSE, Type II ML and R-EDL on held-out accuracy and AURC; '
+                         'I-EDL\'s Fisher loss was under-confident (held-out ECE 9%)',
+            'kl_schedule': 'a small constant KL weight: chosen on held-out data (10% of training + Fashion-MNIST '
+                           'train as OOD) over the paper ramp, off, 0.1 and 0.03 (README, Results)',
+            'kl_coef': '0.01: held-out ECE 0.39% (paper ramp 1.55%), Fashion AUROC by u 0.990 (0.976), AURC 0.020% '
+                       '(0.027%); off lost u\'s ranking of errors (AURC 0.86%); 0.005 detected OOD a little better '
+                       'but calibrated and ranked errors worse on 2 of 3 seeds',
+            'optimizer.weight_decay': 'no decay: the KL term already shrinks misleading evidence',
+            'lr_schedule': 'cosine decay to 0 for the last points of accuracy',
+            'augment_shift': 'random shifts of up to 2 px: the 10k training images are few',
+            'augment_rotate': 'random rotations of up to 10 degrees, same reason',
+            'outlier_coef': 'jigsaw-shuffled digits pulled towards no evidence, weight 0.03: held-out Fashion AUROC by u '
+                            '0.9950 +- 0.0035 over 3 seeds (none: 0.9874 +- 0.0037), AURC 0.033% (0.066%); '
+                            '0.01 / 0.1 / 0.3 and 4x4 tiles were no better (README, Results)',
+            'holdout': 'validate on 10% of the training set; the test set is only for the final figure',
+            'epochs': '20 epochs: ~130 s on 2 CPU cores with the outliers; 40 gave the same accuracy with worse AURC',
+        }),
+    'smoke': Preset(
+        'a few seconds: one small epoch, for tests and trying the pipeline',
+        {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2, 'holdout': 0.0,
+         'augment_shift': 0., 'augment_rotate': 0.},
+        {'epochs': 'one pass is enough to exercise every code path',
+         'holdout': 'validate on the (synthetic) test split: tiny sets have little to hold out'}),
+}
+
+
+def _kl_points(v):
+    try:
+        validate_piecewise_points(v)
+    except ValueError as e:
+        return str(e)
+
+
+def _label_keys(values) -> List[str]:
+    """Loss, head and KL schedule, and the hyperparameter of the chosen schedule / loss, when there is one."""
+    keys = ['loss_func', 'outputs_to_evidence', 'kl_schedule']
+    return keys + [k for k, needed in (('kl_coef', values.get('kl_schedule') == 'constant'),
+                                       ('prior_weight', values.get('loss_func') == 'relaxed_squared_error'),
+                                       ('fisher_coef', values.get('loss_func') == 'fisher_information_loss'))
+                   if needed]
+
+
+FAMILY = Family(
+    name='evidence_mnist',
+    configs=EvidenceConfigs,
+    description='evidential LeNet (Sensoy et al., 2018): evidence -> Dirichlet opinion, uncertainty mass u = K/S',
+    defaults=DEFAULTS,
+    presets=PRESETS,
+    checks={**LENET_CHECKS, 'kl_coef': non_negative, 'prior_weight': positive, 'fisher_coef': non_negative,
+            'kl_div_coef_schedule': _kl_points},
+    label_keys=_label_keys,
+    label_names={'kl_coef': 'kl', 'prior_weight': 'λ', 'fisher_coef': 'λ_F'},
+    primary_score='u',
+    capabilities=Capabilities(dirichlet=True),
+)

@@ -18,28 +18,28 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from labml import experiment, lab, monit, tracker
+from labml import lab, monit, tracker
 from labml.configs import BaseConfigs, option
 from labml_nn.optimizers.configs import OptimizerConfigs
 
-from evidential.data import TensorSplit, dataset_spec, load_split, tensor_split
-from evidential.augment import random_affine
-from evidential.outliers import jigsaw_outliers
-from evidential.models.lenet import LeNet
+from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, resolve_device, tensor_split
+from evidential.prediction import Prediction
 from evidential.schedules import cosine_decay
-from configs.checkpoint import load_checkpoint, save_checkpoint
+from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped early (non-finite numbers); the message says where and why."""
+    """Training stopped early (non-finite numbers); the message says where and why, `run_dir` which run."""
+    run_dir: Optional[Path] = None
 
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM during training; `signal_number` says which."""
 
-    def __init__(self, signal_number: int):
+    def __init__(self, signal_number: int, run_dir: Optional[Path] = None):
         super().__init__(signal.Signals(signal_number).name)
         self.signal_number = signal_number
+        self.run_dir = run_dir
 
 
 @dataclass
@@ -54,26 +54,20 @@ class Data:
     valid_source: str
 
 
-@dataclass
-class Prediction:
-    """What a model says about a batch: expected probabilities `[N, K]` and, if it has one, the uncertainty mass `[N]`."""
-    probs: torch.Tensor
-    uncertainty: Optional[torch.Tensor] = None
-    # Total evidence S (evidential models only)
-    strength: Optional[torch.Tensor] = None
-    # Mutual information between prediction and model parameters (sampling models: MC dropout, ensembles)
-    mutual_information: Optional[torch.Tensor] = None
-
-
 QUANTILES = (0.1, 0.5, 0.9)
 
 
 class MNISTExperimentConfigs(BaseConfigs):
     """
-    ## Configurations shared by every experiment
+    ## Configurations shared by every family
 
-    Values are set from presets and the command line (`configs/cli.py`); options (`dataset`,
-    `model`, `optimizer.optimizer`, ...) are chosen by name.
+    Data, device, seed, optimizer (labml_nn's `OptimizerConfigs`), epochs, batch sizes, and the
+    training loop. What a model body needs (dropout, augmentation, outliers) is declared by the families
+    that use it (`configs/lenet.py`). Values are set from presets and the command line (`configs/cli.py`);
+    options (`dataset`, `model`, `optimizer.optimizer`, ...) are chosen by name.
+
+    A family says what its model's outputs mean: `training_loss()` for one batch and `predict()` for
+    a `Prediction` (expected probabilities and the family's own scores).
     """
     # The labml experiment name (the run folder is `logs/<experiment_name>/<uuid>`)
     experiment_name: str = 'mnist'
@@ -100,22 +94,9 @@ class MNISTExperimentConfigs(BaseConfigs):
     log_interval: int = 10
     # Learning rate over training: `constant`, or `cosine` decay to 0 (per step)
     lr_schedule: str = 'constant'
-    # Light augmentation of training images: random shifts up to this many pixels ...
-    augment_shift: float = 0.0
-    # ... and random rotations up to this many degrees (0 and 0: none)
-    augment_rotate: float = 0.0
 
-    # Model body, chosen by name
-    model: nn.Module
-    # Dropout before the last layer
-    dropout: float = 0.5
-
-    # Synthetic outliers (`evidential/outliers.py`) trained towards "don't know": weight of their loss, 0 = off
-    outlier_coef: float = 0.0
-    # Tiles per side of the jigsaw outliers (must divide 28: 2, 4, 7, 14)
-    outlier_grid: int = 2
-    # Outliers per training batch, as a fraction of the batch size
-    outlier_fraction: float = 0.5
+    # The model (`self.model`) is declared by each family, with its own options: labml keeps options on the
+    # class that declares the key, so a model declared here would share its options with every family.
     # Number of classes, taken from the data
     n_classes: int
 
@@ -127,44 +108,26 @@ class MNISTExperimentConfigs(BaseConfigs):
     # URL of a labml dashboard to report to (`python -m experiments.dashboard`), empty for none
     dashboard: str = ''
 
-    # ------------------------------------------------------------------ what subclasses define
+    # ------------------------------------------------------------------ what families define
     def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor,
                       samples_seen: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The loss to minimise for one batch, and extra per-step values to track (tensors)."""
         raise NotImplementedError
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
-        """Expected class probabilities (and uncertainty) from the model's outputs."""
+        """Expected class probabilities and the family's own scores from the model's outputs."""
         raise NotImplementedError
 
-    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The loss that pulls the outputs for synthetic outliers towards "don't know" (used when `outlier_coef` > 0)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support synthetic outliers (outlier_coef > 0)")
+    def transform_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch as the model trains on it (augmentation); `generator` is the run's CPU generator."""
+        return x
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor, samples_seen: int,
                       generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        """Forward pass and loss of one (augmented) training batch: the outputs for `x`, the loss and extras.
-
-        With `outlier_coef` $\\lambda_o > 0$, jigsaw outliers made from the first `outlier_fraction` of the
-        (shuffled) batch go through the same forward pass and $\\mathcal{L} = \\mathcal{L}_\\text{batch}
-        + \\lambda_o \\mathcal{L}_\\text{outliers}$. `generator` is the run's CPU generator (reproducible, resumable).
-        """
-        if self.outlier_coef == 0:
-            outputs = self.model(x)
-            loss, extras = self.training_loss(outputs, y, samples_seen)
-            return outputs, loss, extras
-        outliers = jigsaw_outliers(x[:max(1, round(len(x) * self.outlier_fraction))], self.outlier_grid, generator)
-        # One forward pass over batch and outliers; samples are the second-to-last dimension (`[N, K]`, `[M, N, K]`)
-        both = self.model(torch.cat([x, outliers]))
-        outputs, outlier_outputs = both.split([len(x), len(outliers)], dim=-2)
+        """Forward pass and loss of one (transformed) training batch: the outputs for `x`, the loss and extras."""
+        outputs = self.model(x)
         loss, extras = self.training_loss(outputs, y, samples_seen)
-        outlier_loss = self.outlier_loss(outlier_outputs)
-        # $\mathcal{L} = \mathcal{L}_\text{batch} + \lambda_o \mathcal{L}_\text{outliers}$
-        return outputs, loss + self.outlier_coef * outlier_loss, {**extras, 'outliers.train': outlier_loss}
-
-    def check_outputs(self, outputs: torch.Tensor) -> Optional[str]:
-        """A message if the outputs are unusable (e.g. non-finite evidence), else `None`."""
-        return None if bool(torch.isfinite(outputs).all()) else 'non-finite model outputs'
+        return outputs, loss, extras
 
     def nonfinite_hint(self) -> str:
         """The likely cause of non-finite numbers, for the error message."""
@@ -178,26 +141,26 @@ class MNISTExperimentConfigs(BaseConfigs):
         """What must match for a checkpoint to be loaded into this model."""
         return {'model': self.model.__class__.__name__, 'n_classes': self.n_classes, 'dataset': self.dataset.name}
 
-    # Hooks for models whose outputs are not one `[N, K]` tensor per batch (ensembles, MC dropout: `[S, N, K]`)
     def train_predictions(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Predicted class indices `[N]` from a training batch's outputs (for the training accuracy)."""
+        """Predicted class indices `[N]` from a training batch's outputs (for the training accuracy):
+        the argmax of `[N, K]` outputs, or of the mean softmax of sampled `[S, N, K]` outputs."""
+        if outputs.dim() == 3:
+            return outputs.softmax(-1).mean(0).argmax(-1)
         return outputs.argmax(-1)
 
     def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The outputs for one evaluation batch; called in eval mode, without gradients."""
+        """The outputs for one evaluation batch (`[N, K]`, or `[S, N, K]` for sampling models); called in
+        eval mode, without gradients unless an attack needs them."""
         return self.model(x)
-
-    def join_outputs(self, outputs: List[torch.Tensor], device: torch.device) -> torch.Tensor:
-        """The per-batch evaluation outputs joined along the sample dimension."""
-        return torch.cat(outputs) if outputs else torch.empty(0, self.n_classes, device=device)
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
     def evaluate_outputs(self, split: TensorSplit) -> torch.Tensor:
-        """Raw model outputs (`[N, K]`, or as `eval_forward` gives them) for a whole split, in large batches, in eval mode."""
+        """Raw model outputs for a whole split (as `eval_forward` gives them, joined along the sample
+        dimension, the second-to-last), in large batches, in eval mode."""
         self.model.eval()
         outs = [self.eval_forward(x) for x, _ in split.batches(self.valid_batch_size)]
-        return self.join_outputs(outs, split.labels.device)
+        return torch.cat(outs or [self.eval_forward(split.images[:0])], dim=-2)
 
     def evaluate(self, split: TensorSplit) -> Tuple[Prediction, torch.Tensor]:
         """The prediction for a whole split and its correctness mask."""
@@ -209,40 +172,50 @@ class MNISTExperimentConfigs(BaseConfigs):
     def init_tracker(self):
         tracker.set_scalar('loss.*', True)
         tracker.set_scalar('accuracy.*', True)
-        tracker.set_scalar('kl_coef', False)
-        tracker.set_scalar('outliers.*', False)
-        for name in ('u.correct', 'u.wrong', 'p_max.correct', 'p_max.wrong', 'strength', 'mutual_information'):
+
+    def track_distribution(self, name: str, values: torch.Tensor):
+        """A histogram of `values` plus its 10/50/90% quantiles (the dashboard charts only means of histograms);
+        the indicators are declared on first use."""
+        if values.numel() == 0:
+            return
+        if name not in self._tracked:
+            self._tracked.add(name)
             tracker.set_histogram(name, False)
             for q in QUANTILES:
                 tracker.set_scalar(f'{name}.q{int(q * 100)}', False)
-
-    def track_distribution(self, name: str, values: torch.Tensor):
-        """A histogram of `values` plus its 10/50/90% quantiles (the dashboard charts only means of histograms)."""
-        if values.numel() == 0:
-            return
         values = values.detach().float().cpu()
         tracker.add(name, values)
         for q, v in zip(QUANTILES, torch.quantile(values, torch.tensor(QUANTILES)).tolist()):
             tracker.add(f'{name}.q{int(q * 100)}', v)
 
+    @property
+    def _tracked(self) -> set:
+        if '_tracked_names' not in self.__dict__:
+            self.__dict__['_tracked_names'] = set()
+        return self.__dict__['_tracked_names']
+
+    def track_p_max(self, pred: Prediction, correct: torch.Tensor):
+        """Histograms of max p̂ of the right and of the wrong predictions."""
+        p_max = pred.probs.max(-1).values
+        self.track_distribution('p_max.correct', p_max[correct])
+        self.track_distribution('p_max.wrong', p_max[~correct])
+
+    def track_prediction(self, pred: Prediction, correct: torch.Tensor):
+        """The validation histograms: max p̂ of right and wrong predictions, and each of the family's own scores."""
+        self.track_p_max(pred, correct)
+        for name, values in pred.scores.items():
+            self.track_distribution(name, values)
+
     def track_validation(self, split: TensorSplit, prefix: str = 'valid') -> Dict[str, float]:
+        """Accuracy and NLL of $\\hat{p}$ on `split` (`accuracy.<prefix>`, `loss.<prefix>`), tracked and returned."""
         pred, correct = self.evaluate(split)
         accuracy = correct.float().mean().item() if len(split) else float('nan')
-        p_max = pred.probs.max(-1).values
         nll = -torch.log(pred.probs.gather(1, split.labels[:, None]).clamp_min(1e-12)).mean().item()
         tracker.add(f'accuracy.{prefix}', accuracy)
         tracker.add(f'loss.{prefix}', nll)
         if prefix == 'valid':
-            if pred.uncertainty is not None:
-                self.track_distribution('u.correct', pred.uncertainty[correct])
-                self.track_distribution('u.wrong', pred.uncertainty[~correct])
-            self.track_distribution('p_max.correct', p_max[correct])
-            self.track_distribution('p_max.wrong', p_max[~correct])
-            if pred.strength is not None:
-                self.track_distribution('strength', pred.strength)
-            if pred.mutual_information is not None:
-                self.track_distribution('mutual_information', pred.mutual_information)
-        return {f'accuracy.{prefix}': accuracy, f'nll.{prefix}': nll}
+            self.track_prediction(pred, correct)
+        return {f'accuracy.{prefix}': accuracy, f'loss.{prefix}': nll}
 
     # ------------------------------------------------------------------ training
     def _shuffle_generator(self) -> torch.Generator:
@@ -284,7 +257,7 @@ class MNISTExperimentConfigs(BaseConfigs):
                 factor = cosine_decay(samples_seen / total_samples)
                 for g, lr in zip(self.optimizer.param_groups, base_lrs):
                     g['lr'] = lr * factor
-            x = random_affine(x, self.augment_shift, self.augment_rotate, generator)
+            x = self.transform_batch(x, generator)
             outputs, loss, extras = self.training_step(x, y, samples_seen, generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -313,7 +286,6 @@ class MNISTExperimentConfigs(BaseConfigs):
 
     def restore(self, state: dict, generator: torch.Generator) -> Tuple[int, int, list]:
         """Loads a checkpoint into the model and optimizer; returns epoch, samples seen and history."""
-        from configs.checkpoint import CheckpointError
         if state['architecture'] != self.architecture():
             raise CheckpointError(f"the checkpoint was saved for {state['architecture']}, "
                                   f"but this configuration builds {self.architecture()}")
@@ -381,6 +353,10 @@ class MNISTExperimentConfigs(BaseConfigs):
                 tracker.new_line()
         except Interrupted as e:
             self._mark_interrupted(run_dir)
+            e.run_dir = run_dir
+            raise
+        except TrainingStopped as e:
+            e.run_dir = run_dir
             raise
         finally:
             for s, h in previous.items():
@@ -391,7 +367,6 @@ class MNISTExperimentConfigs(BaseConfigs):
         return final
 
     def _mark_interrupted(self, run_dir: Path):
-        from configs.checkpoint import CHECKPOINT_FILE
         path = run_dir / CHECKPOINT_FILE
         if path.exists():
             state = load_checkpoint(run_dir)
@@ -401,21 +376,6 @@ class MNISTExperimentConfigs(BaseConfigs):
 
 
 # ---------------------------------------------------------------------- options
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:N` as given (checked)."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != 'cpu':
-        raise ValueError(f"device={name}: use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def data_root(c: MNISTExperimentConfigs) -> Path:
@@ -431,11 +391,7 @@ def load_data(c: MNISTExperimentConfigs, name: str) -> Data:
     train = tensor_split(train_images, train_labels, name, device)
     test = tensor_split(test_images, test_labels, name, device)
     if c.holdout > 0:
-        # A fixed, seeded split of the training set: the same images are held out on every run with this seed
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.seed)).to(device)
-        n_valid = max(1, int(round(len(train) * c.holdout)))
-        valid = TensorSplit(train.images[order[:n_valid]], train.labels[order[:n_valid]])
-        train = TensorSplit(train.images[order[n_valid:]], train.labels[order[n_valid:]])
+        train, valid = holdout_split(train, c.holdout, c.seed)
         source = 'holdout'
     else:
         valid, source = test, 'test'
@@ -455,15 +411,6 @@ def _fashion_mnist(c: MNISTExperimentConfigs):
 @option(MNISTExperimentConfigs.n_classes)
 def _n_classes(c: MNISTExperimentConfigs):
     return c.dataset.n_classes
-
-
-@option(MNISTExperimentConfigs.model, 'lenet')
-def _lenet(c: MNISTExperimentConfigs):
-    # Seed right before initialisation, so the same seed gives the same weights whatever ran before
-    torch.manual_seed(c.seed)
-    # channels-last weights make oneDNN (CPU) and cuDNN (GPU) use their fast NHWC kernels:
-    # measured 2.5x faster evaluation and ~1.6x faster training steps on the 2-core CPU
-    return LeNet(c.n_classes, c.dropout).to(c.dataset.train.images.device, memory_format=torch.channels_last)
 
 
 @option(MNISTExperimentConfigs.optimizer)

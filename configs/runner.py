@@ -1,27 +1,30 @@
 """
-# Running an experiment from the command line
+# Running an experiment of a registered family
 
-The one code path every entry point (`experiments/*_mnist.py`) goes through:
+The one code path every entry point (`experiments.train`, `experiments/*_mnist.py`) goes through:
 
-1. parse and validate the command line (`configs/cli.py`) — mistakes exit with code 2;
-2. on `resume=`, find the run and its saved values and checkpoint — mistakes exit with code 2;
-3. build the labml configurations and load the data — missing or corrupt files exit with code 2;
-   nothing is written to disk until here;
-4. start the labml experiment (screen + file writers, plus the dashboard when one answers),
-   train, checkpoint every epoch;
-5. exit 0 when done, 3 on non-finite numbers, 130/143 on Ctrl-C/SIGTERM (with how to resume).
+1. `prepare`: parse and validate the command line (`configs/cli.py`); on `resume=`, find the run and its
+   saved values and checkpoint; build the labml configurations and load the data. Nothing is written
+   to disk until here; mistakes raise `UsageError`, `CheckpointError`, `DataError` or `ValueError`.
+2. `train`: start the labml experiment with the given writers, train, checkpoint every epoch; returns the
+   final test metrics, or raises `TrainingStopped` (non-finite numbers) or `Interrupted` (Ctrl-C, SIGTERM),
+   each carrying the run folder.
+
+Nothing here exits the process: the entry point turns these errors into messages and exit codes.
+`load_trained` rebuilds a finished run for evaluation.
 """
+import os
 import signal
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from labml import experiment, lab
 
+from configs import registry
 from configs.checkpoint import CheckpointError, find_run, load_checkpoint, load_values, save_values
-from configs.cli import Preset, UsageError, exit_usage, resolve
-from configs.experiment import Interrupted, TrainingStopped
-from evidential.data import DataError
+from configs.cli import UsageError, resolve
+from configs.experiment import Interrupted, MNISTExperimentConfigs
 
 # Keys that may differ when a run is resumed (everything else is taken from the run)
 RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'download', 'resume', 'log_interval',
@@ -64,7 +67,6 @@ def _claim_run_folder(run_dir: Path) -> None:
     labml leaves `run.pid` in a run folder and refuses to start a run whose folder has one.
     On resume it is removed, unless that process is still alive (the run is still training).
     """
-    import os
     pid_file = run_dir / 'run.pid'
     if not pid_file.exists():
         return
@@ -81,104 +83,93 @@ def _claim_run_folder(run_dir: Path) -> None:
     pid_file.unlink()
 
 
-def _writers(dashboard: str) -> set:
-    """Screen and file writers, plus labml's app writer when a dashboard answers.
+@dataclass
+class Prepared:
+    """A run ready to start: its configurations (data loaded, model built), values and, on resume, its state."""
+    family: registry.Family
+    conf: MNISTExperimentConfigs
+    values: Dict[str, Any]
+    overrides: Dict[str, Any]
+    resume_state: Optional[dict] = None
+    uuid: Optional[str] = None
 
-    `dashboard=` names it; without it, `app_url` from `.labml.yaml` (or `labml_app_url`) is used.
+
+def prepare(family: registry.Family, argv: List[str],
+            writers: Optional[Callable[[Dict[str, Any]], set]] = None) -> Optional[Prepared]:
     """
-    writers = {'screen', 'file'}
-    from experiments.dashboard.client import attach
-    if attach(dashboard or None):
-        writers.add('app')
-    return writers
-
-
-def run_experiment(configs_class, defaults: Dict[str, Any], presets: Dict[str, Preset], prog: str,
-                   argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    Everything that can fail on bad input, before anything is written: the validated values, and the labml
+    experiment created (not started) and configured, with the writers `writers(values)` names (default:
+    screen and file). `None` when
+    `--help` was asked for (the help is printed). Raises `UsageError`, `CheckpointError`, `DataError`,
+    `ValueError` (e.g. a CUDA device that is not there).
+    """
     labml_yaml = use_project_folder()
-    name = configs_class.experiment_name.value if hasattr(configs_class.experiment_name, 'value') \
-        else configs_class.experiment_name
-    try:
-        values, overrides, want_help = resolve(argv, configs_class, defaults, presets, prog)
-        if want_help:
-            return 0
-        resume_state = None
-        uuid = None
-        if values.get('resume'):
-            run_dir, values = _resume_values(values, overrides, name)
-            resume_state = load_checkpoint(run_dir)
-            if resume_state['status'] == 'completed' and resume_state['epoch'] >= values['epochs']:
-                raise UsageError(f"run {run_dir.name} already finished its {resume_state['epoch']} epochs; "
-                                 f"pass epochs=N with N > {resume_state['epoch']} to train it further")
-            uuid = run_dir.name
-        conf = configs_class()
-        experiment.create(name=name, uuid=uuid, python_file=str(labml_yaml) if labml_yaml else None,
-                          writers=_writers(values.get('dashboard', '')))
-        experiment.configs(conf, dict(values))
-        # Build everything that can fail on bad input before the run folder exists
-        _ = conf.dataset, conf.model, conf.optimizer
-        if resume_state is not None:
-            from torch import Generator
-            conf.restore(resume_state, Generator())  # checks the architecture early; run() restores again
-    except (UsageError, CheckpointError, DataError) as e:
-        exit_usage(str(e))
-    except ValueError as e:  # e.g. a CUDA device that is not there
-        exit_usage(str(e))
-
-    print(f"data: {conf.dataset.name} from {conf.dataset.train.images.device}, "
-          f"{len(conf.dataset.train)} train / {len(conf.dataset.valid)} valid ({conf.dataset.valid_source}) / "
-          f"{len(conf.dataset.test)} test images, {conf.n_classes} classes")
+    values, overrides, want_help = resolve(argv, family)
+    if want_help:
+        return None
+    resume_state, uuid = None, None
+    if values.get('resume'):
+        run_dir, values = _resume_values(values, overrides, family.name)
+        resume_state = load_checkpoint(run_dir)
+        if resume_state['status'] == 'completed' and resume_state['epoch'] >= values['epochs']:
+            raise UsageError(f"run {run_dir.name} already finished its {resume_state['epoch']} epochs; "
+                             f"pass epochs=N with N > {resume_state['epoch']} to train it further")
+        uuid = run_dir.name
+    conf = family.configs()
+    experiment.create(name=family.name, uuid=uuid, python_file=str(labml_yaml) if labml_yaml else None,
+                      writers=writers(values) if writers is not None else {'screen', 'file'})
+    experiment.configs(conf, dict(values))
+    # Build everything that can fail on bad input before the run folder exists
+    _ = conf.dataset, conf.model, conf.optimizer
     if resume_state is not None:
-        try:
-            _claim_run_folder(Path(lab.get_experiments_path()) / name / uuid)
-        except UsageError as e:
-            exit_usage(str(e))
-    run_dir = Path(lab.get_experiments_path()) / name / experiment.get_uuid()
+        from torch import Generator
+        conf.restore(resume_state, Generator())  # checks the architecture early; run() restores again
+        _claim_run_folder(Path(lab.get_experiments_path()) / family.name / uuid)
+    return Prepared(family, conf, values, overrides, resume_state, uuid)
+
+
+def run_folder(prepared: Prepared) -> Path:
+    return Path(lab.get_experiments_path()) / prepared.family.name / experiment.get_uuid()
+
+
+def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
+    """Starts the labml run and trains; returns the run folder and the final test metrics.
+    Raises `TrainingStopped` or `Interrupted` (their `run_dir` says which run)."""
+    run_dir = run_folder(prepared)
     interrupted = None
     try:
         with experiment.start():
-            save_values(run_dir, values)
+            save_values(run_dir, prepared.values)
             try:
-                final = conf.run(run_dir, resume_state)
+                final = prepared.conf.run(run_dir, prepared.resume_state)
             except Interrupted as e:
                 # labml marks a run 'interrupted' only for a plain KeyboardInterrupt
                 interrupted = e
                 raise KeyboardInterrupt from e
-    except TrainingStopped as e:
-        from configs.checkpoint import CHECKPOINT_FILE
-        kept = (f"the last good checkpoint (end of epoch {load_checkpoint(run_dir)['epoch']}) is kept in {run_dir}"
-                if (run_dir / CHECKPOINT_FILE).exists() else "no epoch had completed, so there is no checkpoint")
-        print(f"\nerror: training stopped: {e}; {kept}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
-        how = interrupted.args[0] if interrupted else 'SIGINT'
-        print(f"\ninterrupted by {how}: the finished epochs are saved in {run_dir}.\n"
-              f"Resume with: python -m {prog} resume={run_dir.name}", file=sys.stderr)
-        return 128 + (interrupted.signal_number if interrupted else signal.SIGINT)
-    print(f"\ndone: test accuracy {final['accuracy.test']:.4f}, test NLL {final['nll.test']:.4f}\n"
-          f"run folder: {run_dir}\n"
-          f"evaluate:   python -m experiments.evaluate {run_dir.name}")
-    return 0
+        if interrupted is None:
+            interrupted = Interrupted(signal.SIGINT, run_dir)
+        raise interrupted from None
+    return run_dir, final
 
 
-def load_trained(run: str, configs_classes: Dict[str, Any], *, data_dir: Optional[str] = None,
-                 device: Optional[str] = None):
+def load_trained(run: str, *, data_dir: Optional[str] = None, device: Optional[str] = None):
     """
-    Rebuilds a finished (or interrupted) run for evaluation: `(conf, run_dir, checkpoint_state)`.
+    Rebuilds a finished (or interrupted) run for evaluation: `(family, conf, run_dir, checkpoint_state)`.
 
-    `run` is a run uuid or run folder; `configs_classes` maps experiment names (the run folder's
-    parent, e.g. `evidence_mnist`) to their Configs class. The configurations are the run's saved
-    values (with `data_dir`/`device` replaced when given), the model and optimizer hold the last
-    checkpoint, and nothing is written. Raises `CheckpointError`, `DataError` or `UsageError`.
+    `run` is a run uuid or run folder; its experiment name (the run folder's parent, e.g. `evidence_mnist`)
+    must be a registered family. The configurations are the run's saved values (with `data_dir`/`device`
+    replaced when given), the model and optimizer hold the last checkpoint, and nothing is written.
+    Raises `CheckpointError`, `DataError` or `UsageError`.
     """
     if use_project_folder() is None:
         lab.get_path()
     run_dir = find_run(run, Path(lab.get_experiments_path()))
     kind = run_dir.parent.name
-    if kind not in configs_classes:
+    if kind not in registry.FAMILIES:
         raise CheckpointError(f"{run_dir} is a run of {kind!r}, which this command cannot load; "
-                              f"known: {', '.join(configs_classes)}")
+                              f"known: {', '.join(registry.FAMILIES)}")
+    family = registry.get(kind)
     values = load_values(run_dir)
     if data_dir is not None:
         values['data_dir'] = data_dir
@@ -188,10 +179,10 @@ def load_trained(run: str, configs_classes: Dict[str, Any], *, data_dir: Optiona
     values['dashboard'] = ''
     values['download'] = False  # evaluation reads the files that are there; a wrong folder is an error, not a download
     state = load_checkpoint(run_dir)
-    conf = configs_classes[kind]()
+    conf = family.configs()
     # The same path `experiment.configs` takes, without creating a labml run
     conf._set_values(values)
     from torch import Generator
     conf.restore(state, Generator())
     conf.model.eval()
-    return conf, run_dir, state
+    return family, conf, run_dir, state

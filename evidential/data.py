@@ -157,3 +157,27 @@ class TensorSplit:
 def tensor_split(images: torch.Tensor, labels: torch.Tensor, name: str, device: torch.device) -> TensorSplit:
     """Moves a raw split to `device` and normalizes it there."""
     return TensorSplit(normalize(images.to(device), name), labels.to(device))
+
+
+def holdout_split(train: TensorSplit, fraction: float, seed: int) -> Tuple[TensorSplit, TensorSplit]:
+    """`(train, valid)`: a fixed, seeded `fraction` of `train` held out for validation (the same images on
+    every run with this seed)."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).to(train.labels.device)
+    n_valid = max(1, int(round(len(train) * fraction)))
+    valid = TensorSplit(train.images[order[:n_valid]], train.labels[order[:n_valid]])
+    return TensorSplit(train.images[order[n_valid:]], train.labels[order[n_valid:]]), valid
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:N` as given (checked)."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != 'cpu':
+        raise ValueError(f"device={name}: use auto, cpu, cuda or cuda:N")
+    return device

@@ -45,11 +45,6 @@ class Opinion:
         r"""$b_k = e_k / S$; $u + \sum_k b_k = 1$."""
         return self.evidence / self.strength.unsqueeze(-1)
 
-    @property
-    def total_evidence(self) -> torch.Tensor:
-        r"""$\sum_k e_k = S - K$."""
-        return self.evidence.sum(-1)
-
 
 def opinion(evidence: torch.Tensor, prior_weight: float = 1.) -> Opinion:
     r"""
@@ -75,17 +70,6 @@ def opinion(evidence: torch.Tensor, prior_weight: float = 1.) -> Opinion:
     uncertainty_mass = n_classes * prior_weight / strength
     return Opinion(evidence=evidence, alpha=alpha, strength=strength,
                    expected_probability=expected_probability, uncertainty_mass=uncertainty_mass)
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    r"""
-    Shannon entropy of a categorical distribution, $H(\hat{\mathbf{p}}) = -\sum_k \hat{p}_k \log \hat{p}_k$,
-    in nats, over the last dimension. $0 \log 0$ is taken as $0$.
-    """
-    # $\hat{p}_k \log \hat{p}_k$, with the $0 \log 0 = 0$ convention
-    p_log_p = torch.special.xlogy(probs, probs)
-    # $-\sum_k \hat{p}_k \log \hat{p}_k$
-    return -p_log_p.sum(dim=-1)
 
 
 def log_det_fisher_information(alpha: torch.Tensor) -> torch.Tensor:

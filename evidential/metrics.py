@@ -45,6 +45,8 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
+from evidential.prediction import categorical_entropy
+
 #: Rows of `probs` must sum to one within this absolute tolerance
 #: (float32 $\alpha / S$ and softmax are well inside it).
 PROBS_ATOL = 1e-4
@@ -53,9 +55,6 @@ PROBS_ATOL = 1e-4
 #: so that a single hard zero gives a large but finite (JSON-serialisable) NLL.
 NLL_EPS = 1e-12
 
-#: Names of the keys `summarize` and `ood_summary` produce, in order.
-ID_KEYS = ("accuracy", "nll", "brier", "ece", "aurc", "misclassification_auroc")
-OOD_KEYS = ("auroc", "aupr", "fpr95")
 
 
 # ## Argument validation
@@ -187,8 +186,7 @@ def entropy(probs) -> torch.Tensor:
       \qquad 0 \log 0 = 0,$$
 
     between $0$ (one-hot) and $\log K$ (uniform). Returns a float64 `[N]` tensor."""
-    probs = _check_probs(probs)
-    return -torch.special.xlogy(probs, probs).sum(dim=1)
+    return categorical_entropy(_check_probs(probs))
 
 
 def max_prob_score(probs) -> torch.Tensor:
@@ -401,6 +399,15 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
 
 
 # ## JSON helpers used by `experiments.evaluate`
+
+#: Which value of each metric is best: the in-distribution block (`summarize`) ...
+ID_METRICS = {"accuracy": "max", "nll": "min", "brier": "min", "ece": "min", "aurc": "min",
+              "misclassification_auroc": "max"}
+#: ... and OOD detection per set and score (`ood_summary`)
+OOD_METRICS = {"auroc": "max", "aupr": "max", "fpr95": "min"}
+#: The keys `summarize` and `ood_summary` produce, in order
+ID_KEYS = tuple(ID_METRICS)
+OOD_KEYS = tuple(OOD_METRICS)
 
 def summarize(probs, labels, scores, n_bins: int = 15) -> Dict[str, Optional[float]]:
     r"""The `"id"` block of `evaluation.json`:

@@ -20,6 +20,8 @@ a resumed run continues the same sequence).
 """
 from typing import Optional
 
+import math
+
 import torch
 
 
@@ -51,3 +53,13 @@ def jigsaw_outliers(images: torch.Tensor, grid: int = 2,
     t = torch.gather(t, 1, perm[:, :, None, None, None].expand_as(t))
     out = t.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
     return out.contiguous()
+
+
+def uniform_to_softmax_kl(logits: torch.Tensor) -> torch.Tensor:
+    r"""$\text{KL}[\mathcal{U} \| \text{softmax}(\mathbf{z})]$ for each row of `logits` `[..., K]`.
+
+    Outlier exposure's loss for softmax models (Hendrycks et al., ICLR 2019): the cross-entropy from the
+    uniform distribution to $\hat{\mathbf{p}}$, minus its minimum $\log K$, so it is 0 exactly at "don't know".
+    """
+    # $-\log K - \frac{1}{K} \sum_k \log \text{softmax}(\mathbf{z})_k$
+    return -math.log(logits.shape[-1]) - logits.float().log_softmax(-1).mean(-1)

@@ -30,11 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class BenchmarkError(RuntimeError):
+    """A contender failed; the message says which and why."""
+
+
 def _child(cmd, cwd) -> dict:
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"benchmark child failed ({' '.join(cmd[2:4])}):\n{r.stderr[-3000:]}")
+        raise BenchmarkError(f"benchmark child failed ({' '.join(cmd[2:4])}):\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -44,7 +48,6 @@ def ours(data_dir: str, epochs: int, batch_size: int, device: str, seed: int) ->
     import io
 
     import torch
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
     from experiments.evidence_mnist import main
 
@@ -57,9 +60,9 @@ def ours(data_dir: str, epochs: int, batch_size: int, device: str, seed: int) ->
                          f'train_batch_size={batch_size}', f'device={device}', f'seed={seed}'])
         run_s = time.perf_counter() - started
         if code != 0:
-            raise SystemExit(f"training failed with exit code {code}")
+            raise BenchmarkError(f"training failed with exit code {code}")
         run = next((Path(tmp) / 'logs' / 'evidence_mnist').iterdir()).name
-        conf, _, state = load_trained(run, {'evidence_mnist': EvidenceConfigs})
+        _, conf, _, state = load_trained(run)
         history = state['history']
         test = conf.dataset.test
         conf.evaluate(test)  # warm-up
@@ -84,6 +87,14 @@ def _best(runs):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], prog='python -m experiments.benchmark')
     p.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data'),
                    help='folder holding MNIST/raw (default: ../shared/data)')

@@ -38,19 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from configs import registry
 from configs.checkpoint import CheckpointError, atomic_write_bytes, find_run
+from evidential.metrics import ID_METRICS, OOD_METRICS
+from experiments.evaluation import SPLIT_FILES
 
-EVALUATION_FILE = 'evaluation.json'
 #: `--split` → the evaluation file it reads (as `experiments.evaluate --split` writes them)
-EVALUATION_FILES = {'test': EVALUATION_FILE, 'validation': 'evaluation_validation.json'}
+EVALUATION_FILES = {split: files[0] for split, files in SPLIT_FILES.items()}
 MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
-
-#: In-distribution metrics in table order, and which way is better
-ID_METRICS = {'accuracy': 'max', 'nll': 'min', 'brier': 'min', 'ece': 'min', 'aurc': 'min',
-              'misclassification_auroc': 'max'}
-#: OOD-detection metrics (per set and score), and which way is better
-OOD_METRICS = {'auroc': 'max', 'aupr': 'max', 'fpr95': 'min'}
 #: OOD scores in table order (others follow alphabetically)
 SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
 MISSING = '–'
@@ -84,20 +80,18 @@ def _short(value: Any) -> str:
     return f'{value:g}' if isinstance(value, float) else str(value)
 
 
+def _family(experiment: str):
+    return registry.get(experiment) if experiment in registry.FAMILIES else None
+
+
 def key_settings(experiment: str, values: Dict[str, Any]) -> Dict[str, Any]:
-    """The settings that tell runs apart, from the run's saved values (`experiment.json`)."""
-    keys = {
-        'evidence_mnist': ['loss_func', 'outputs_to_evidence', 'kl_schedule'],
-        'mc_dropout_mnist': ['mc_samples', 'dropout'],
-        'ensemble_mnist': ['ensemble_size'],
-    }.get(experiment, [])
-    if experiment == 'evidence_mnist':
-        # the hyperparameter of the chosen schedule / loss, when there is one
-        keys += [k for k, needed in (('kl_coef', values.get('kl_schedule') == 'constant'),
-                                     ('prior_weight', values.get('loss_func') == 'relaxed_squared_error'),
-                                     ('fisher_coef', values.get('loss_func') == 'fisher_information_loss')) if needed]
-    keys = keys + ['optimizer.weight_decay', 'dataset', 'epochs', 'seed']
-    return {k: values[k] for k in keys if k in values}
+    """The settings that tell runs apart, from the run's saved values (`experiment.json`): the family's own
+    (`Family.label_keys`), then weight decay, dataset, epochs and seed."""
+    return registry.label_settings(_family(experiment), values)
+
+
+#: Short names of the shared settings in labels; families add theirs (`Family.label_names`)
+LABEL_NAMES = {'epochs': 'ep', 'optimizer.weight_decay': 'wd', 'seed': 'seed', 'dropout': 'p'}
 
 
 def run_config(run_dir: Path) -> Dict[str, Any]:
@@ -128,8 +122,8 @@ def run_config(run_dir: Path) -> Dict[str, Any]:
 
 def row_label(experiment: str, run: str, settings: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> str:
     """`experiment uuid (key settings, extra settings as key=value)`; `run` empty leaves the uuid out."""
-    names = {'mc_samples': 'T', 'ensemble_size': 'M', 'dropout': 'p', 'epochs': 'ep', 'kl_coef': 'kl',
-             'prior_weight': 'λ', 'fisher_coef': 'λ_F', 'optimizer.weight_decay': 'wd', 'seed': 'seed'}
+    family = _family(experiment)
+    names = {**LABEL_NAMES, **(family.label_names if family else {})}
     parts = []
     for k, v in settings.items():
         if (k == 'dataset' and v == 'mnist') or (k == 'optimizer.weight_decay' and not v):

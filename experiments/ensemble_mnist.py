@@ -1,18 +1,10 @@
+"""deep ensemble: M LeNets trained together as one vectorised model, softmaxes averaged.
+
+    python -m experiments.ensemble_mnist [preset=NAME] [key=value ...]      (--help: every key, its default and options)
 """
-Baseline: train a deep ensemble of M LeNets, vectorised as one model, on MNIST-style data.
+from experiments.train import entry_point
 
-    python -m experiments.ensemble_mnist [preset=NAME] [key=value ...]
-    python -m experiments.ensemble_mnist --help
-"""
-import sys
-
-from configs.baselines import EnsembleConfigs, ENSEMBLE_DEFAULTS, ENSEMBLE_PRESETS
-from configs.runner import run_experiment
-
-
-def main(argv=None) -> int:
-    return run_experiment(EnsembleConfigs, ENSEMBLE_DEFAULTS, ENSEMBLE_PRESETS, 'experiments.ensemble_mnist', argv)
-
+main = entry_point('ensemble_mnist')
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,19 +1,10 @@
+"""evidential LeNet (Sensoy et al., 2018): evidence -> Dirichlet opinion, uncertainty mass u = K/S.
+
+    python -m experiments.evidence_mnist [preset=NAME] [key=value ...]      (--help: every key, its default and options)
 """
-Train an evidential LeNet on MNIST-style data.
+from experiments.train import entry_point
 
-    python -m experiments.evidence_mnist [preset=NAME] [key=value ...]
-    python -m experiments.evidence_mnist --help
-"""
-import sys
-
-from configs.evidence import EvidenceConfigs
-from configs.presets import DEFAULTS, PRESETS
-from configs.runner import run_experiment
-
-
-def main(argv=None) -> int:
-    return run_experiment(EvidenceConfigs, DEFAULTS, PRESETS, 'experiments.evidence_mnist', argv)
-
+main = entry_point('evidence_mnist')
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

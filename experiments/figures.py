@@ -6,8 +6,7 @@ Two kinds of functions:
 * **Sweeps** that need a model: `rotated_digit_sweep` (EDL paper, Fig. 3) and
   `fgsm_sweep` (Fig. 4). They take plain callables, so they do not depend on the
   model classes:
-  * `evidence_fn(x) -> evidence [N, K]` (non-negative), from which
-    $\alpha = e + 1$, $S = \sum_k \alpha_k$, $\hat{p} = \alpha / S$, $u = K / S$;
+  * `predict_fn(x) -> (probs [N, K], u [N])`, the model's own prediction;
   * `probs_fn(x) -> probs [N, K]` (differentiable), for the FGSM gradient.
   Put the model in `eval()` mode before calling them.
 * **Plots**, each taking tensors or numpy arrays plus an output `path`, writing
@@ -19,7 +18,7 @@ Entropies are in nats, like `evidential.metrics.entropy`.
 
 import math
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -75,18 +74,6 @@ def _save(fig: Figure, path: PathLike) -> Path:
     return path
 
 
-def _dirichlet(evidence: torch.Tensor):
-    r"""$\alpha = e + 1$, $S = \sum_k \alpha_k$, $\hat{p} = \alpha / S$, $u = K / S$
-    (kept local so this module does not depend on the training code)."""
-    if evidence.ndim != 2:
-        raise ValueError(f"`evidence_fn` must return evidence of shape [N, K], got shape {tuple(evidence.shape)}")
-    if (evidence < 0).any():
-        raise ValueError("`evidence_fn` returned negative evidence; evidence must be >= 0 (e.g. ReLU/softplus output)")
-    alpha = evidence + 1
-    strength = alpha.sum(dim=1, keepdim=True)
-    return alpha / strength, evidence.shape[1] / strength.squeeze(1)
-
-
 def rotate(image: torch.Tensor, angle: float) -> torch.Tensor:
     """Rotate a `[..., H, W]` image tensor counter-clockwise by `angle` degrees
     about its centre (bilinear, same size, zero fill)."""
@@ -98,18 +85,17 @@ def rotate(image: torch.Tensor, angle: float) -> torch.Tensor:
 class RotationSweep(NamedTuple):
     angles: torch.Tensor  # [A] degrees
     images: torch.Tensor  # [A, *image.shape] the rotated inputs
-    evidence: torch.Tensor  # [A, K]
-    probs: torch.Tensor  # [A, K] expected probabilities alpha / S
-    u: torch.Tensor  # [A] uncertainty mass K / S
+    probs: torch.Tensor  # [A, K] expected probabilities
+    u: torch.Tensor  # [A] uncertainty score (the uncertainty mass K / S for an evidential model)
 
 
 @torch.no_grad()
-def rotated_digit_sweep(evidence_fn: Callable[[torch.Tensor], torch.Tensor],
+def rotated_digit_sweep(predict_fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
                         image: torch.Tensor, angles: ArrayLike) -> RotationSweep:
     r"""EDL paper, Fig. 3: rotate one test digit by each angle and record the
-    predicted probabilities $\hat{p} = \alpha / S$ and the uncertainty $u = K / S$.
+    predicted probabilities $\hat{p}$ and the uncertainty (for EDL, $u = K / S$).
 
-    * `evidence_fn`: `x [A, *image.shape] -> evidence [A, K]`.
+    * `predict_fn`: `x [A, *image.shape] -> (probs [A, K], u [A])`, the model's own prediction.
     * `image`: `[C, H, W]` (e.g. `[1, 28, 28]`) or `[H, W]`, on the model's device.
     * `angles`: degrees, e.g. `np.linspace(0, 180, 19)`.
     """
@@ -119,11 +105,11 @@ def rotated_digit_sweep(evidence_fn: Callable[[torch.Tensor], torch.Tensor],
         raise ValueError(f"`image` must have shape [C, H, W] or [H, W], got shape {tuple(image.shape)}")
     angles_t = torch.as_tensor(_1d(angles, "angles"))
     rotated = torch.stack([rotate(image, a) for a in angles_t.tolist()])
-    evidence = evidence_fn(rotated)
-    if evidence.shape[0] != len(angles_t):
-        raise ValueError(f"`evidence_fn` returned {evidence.shape[0]} rows for {len(angles_t)} rotated images")
-    probs, u = _dirichlet(evidence.float())
-    return RotationSweep(angles_t, rotated, evidence, probs, u)
+    probs, u = predict_fn(rotated)
+    if probs.shape[0] != len(angles_t) or u.shape != (len(angles_t),):
+        raise ValueError(f"`predict_fn` returned probs {tuple(probs.shape)} and u {tuple(u.shape)} for "
+                         f"{len(angles_t)} rotated images")
+    return RotationSweep(angles_t, rotated, probs.float(), u.float())
 
 
 class FGSMSweep(NamedTuple):

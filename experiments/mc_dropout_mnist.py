@@ -1,18 +1,10 @@
+"""MC dropout: the softmax LeNet with dropout kept on at test time, T passes averaged.
+
+    python -m experiments.mc_dropout_mnist [preset=NAME] [key=value ...]      (--help: every key, its default and options)
 """
-Baseline: train a LeNet with cross-entropy and evaluate it with MC dropout (T samples, dropout kept on).
+from experiments.train import entry_point
 
-    python -m experiments.mc_dropout_mnist [preset=NAME] [key=value ...]
-    python -m experiments.mc_dropout_mnist --help
-"""
-import sys
-
-from configs.baselines import MCDropoutConfigs, MC_DROPOUT_DEFAULTS, MC_DROPOUT_PRESETS
-from configs.runner import run_experiment
-
-
-def main(argv=None) -> int:
-    return run_experiment(MCDropoutConfigs, MC_DROPOUT_DEFAULTS, MC_DROPOUT_PRESETS, 'experiments.mc_dropout_mnist', argv)
-
+main = entry_point('mc_dropout_mnist')
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

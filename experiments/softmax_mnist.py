@@ -1,18 +1,10 @@
+"""cross-entropy LeNet, p = softmax(z).
+
+    python -m experiments.softmax_mnist [preset=NAME] [key=value ...]      (--help: every key, its default and options)
 """
-Baseline: train a softmax LeNet with cross-entropy on MNIST-style data.
+from experiments.train import entry_point
 
-    python -m experiments.softmax_mnist [preset=NAME] [key=value ...]
-    python -m experiments.softmax_mnist --help
-"""
-import sys
-
-from configs.baselines import SoftmaxConfigs, SOFTMAX_DEFAULTS, SOFTMAX_PRESETS
-from configs.runner import run_experiment
-
-
-def main(argv=None) -> int:
-    return run_experiment(SoftmaxConfigs, SOFTMAX_DEFAULTS, SOFTMAX_PRESETS, 'experiments.softmax_mnist', argv)
-
+main = entry_point('softmax_mnist')
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,7 +3,7 @@ import pytest
 
 from configs.cli import UsageError, coerce, parse_argv, parse_literal, schema, validate
 from configs.evidence import EvidenceConfigs
-from configs.presets import DEFAULTS, PRESETS
+from configs.evidence import DEFAULTS, PRESETS
 from tests.conftest import run_cli
 
 MODULE = 'experiments.evidence_mnist'

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from configs.presets import DEFAULTS
+from configs.evidence import DEFAULTS
 from experiments.compare import ID_METRICS, MISSING, main
 from tests.conftest import run_cli
 from tests.test_baselines import trained_baselines

@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from configs.experiment import Prediction
 from evidential import metrics
-from experiments import evaluate as E
+from evidential.prediction import Prediction
+from experiments.evaluation import plots, predictions, results as results_module
 from experiments.evidence_mnist import main as train
 from tests.conftest import run_cli
 
@@ -61,7 +61,7 @@ def test_smoke_run_end_to_end(workdir, synthetic_data_dir, monkeypatch):
 
     # every file appears, readable like any file the user creates (not mkstemp's owner-only mode)
     result = json.loads((run / 'evaluation.json').read_text())
-    assert set(result['figures']) == set(E.FIGURES)
+    assert set(result['figures']) == set(plots.FIGURES)
     (workdir / 'plain').write_text('x')
     plain_mode = (workdir / 'plain').stat().st_mode & 0o777
     for name in [*result['figures'].values(), 'evaluation.json', 'predictions.npz', 'checkpoint.pt']:
@@ -166,7 +166,6 @@ def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, mon
 
 def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monkeypatch):
     """`--split validation`: the held-out images and Fashion-MNIST's training split, nothing of the test run touched."""
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
     monkeypatch.chdir(workdir)
     assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'holdout=0.25', 'device=cpu']) == 0
@@ -182,7 +181,7 @@ def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monke
     # 25% of the 512 synthetic training images; OOD: the 512 images of Fashion-MNIST's *training* split
     assert result['n'] == {'id': 128, 'fashion_mnist': 512}
     assert result['figures'] == {} and 'fgsm' not in result and 'labml_log' not in result
-    conf, _, _ = load_trained(held_out.name, {'evidence_mnist': EvidenceConfigs})
+    _, conf, _, _ = load_trained(held_out.name)
     with np.load(held_out / 'predictions_validation.npz', allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     # exactly the held-out images, in order, and every number recomputed from the saved arrays
@@ -222,25 +221,34 @@ def test_unknown_run_exits_2(workdir):
 
 
 def test_scores_follow_what_the_model_gives():
-    """Baselines without u get entropy and msp only; sampling models add mutual information."""
+    """Every prediction is scored by entropy and msp; a family's own scores (u, mutual information, ...) are added,
+    its primary score first; the npz arrays give back exactly those scores."""
     probs = torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
-    plain = E.scores(Prediction(probs=probs))
+    plain = predictions.all_scores(probs, {})
     assert list(plain) == ['entropy', 'msp']
     assert torch.allclose(plain['msp'], torch.tensor([0.3, 2 / 3], dtype=torch.float64))
-    full = E.scores(Prediction(probs=probs, uncertainty=torch.tensor([0.1, 0.9]),
-                               mutual_information=torch.tensor([0.01, 0.2])))
+    own = {'mutual_information': torch.tensor([0.01, 0.2]), 'u': torch.tensor([0.1, 0.9])}
+    full = predictions.all_scores(probs, own, primary='u')
     assert list(full) == ['u', 'entropy', 'msp', 'mutual_information']
+    arrays = predictions.prediction_arrays(Prediction(probs, scores=own))
+    assert sorted(arrays) == ['mutual_information', 'probs', 'u']
+    _, again = predictions.scores_of_arrays(arrays, 'u')
+    assert list(again) == list(full) and all(torch.equal(again[k].double(), full[k].double()) for k in full)
+    with pytest.raises(ValueError, match="may not be called 'entropy'"):
+        predictions.prediction_arrays(Prediction(probs, scores={'entropy': torch.zeros(2)}))
     # without u, the "id" block ranks by entropy and still has exactly the documented keys
     labels = np.array([0, 2])
-    result = E.compute_metrics({'probs': probs.numpy()}, labels, {'ood': {'probs': probs.numpy()[::-1].copy()}})
+    result = results_module.compute_metrics({'probs': probs.numpy()}, labels,
+                                            {'ood': {'probs': probs.numpy()[::-1].copy()}})
     assert result['id_score'] == 'entropy' and list(result['id']) == list(metrics.ID_KEYS)
     assert set(result['ood']['ood']) == {'entropy', 'msp'}
+    with pytest.raises(ValueError, match="primary score 'u'"):
+        results_module.compute_metrics({'probs': probs.numpy()}, labels, {}, id_score='u')
 
 
 def test_exp_plateau_is_noted(workdir, synthetic_data_dir, monkeypatch):
     """Inputs whose top logit is on the clamp of the `exp` head are counted and noted; `exp_linear` has no plateau."""
     from configs.checkpoint import load_checkpoint, save_checkpoint
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
     monkeypatch.chdir(workdir)
     for head in ('exp', 'exp_linear'):
@@ -254,7 +262,7 @@ def test_exp_plateau_is_noted(workdir, synthetic_data_dir, monkeypatch):
         for name in ('out.weight', 'out.bias'):
             state['model'][name] = state['model'][name] * 20
         save_checkpoint(run, state)
-        conf, _, _ = load_trained(run.name, {'evidence_mnist': EvidenceConfigs}, data_dir=synthetic_data_dir)
+        _, conf, _, _ = load_trained(run.name, data_dir=synthetic_data_dir)
         conf.model.eval()
         with torch.no_grad():
             logits = conf.model(conf.dataset.test.images)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
-from evidential.dirichlet import entropy, opinion
+from evidential.dirichlet import opinion
+from evidential.prediction import categorical_entropy as entropy
 from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, evidence_head
 from evidential.losses import (LOSSES, cross_entropy_bayes_risk, kl_uniform_regulariser, loss_function,
                                max_likelihood_loss, squared_error_bayes_risk)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from evidential.dirichlet import opinion
 from experiments import figures as F
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -153,20 +154,26 @@ def test_fgsm_sweep_rejects_negative_eps():
         F.fgsm_sweep(probs_fn, images, labels, [0.0, -0.1])
 
 
+def dirichlet(evidence):
+    """`(probs, u)` of the opinion with evidence `[N, K]` (the model's `predict` in the evaluation)."""
+    o = opinion(evidence)
+    return o.expected_probability, o.uncertainty_mass
+
+
 def test_rotated_digit_sweep():
     images, _, evidence_fn, probs_fn = linear_problem(n=5)
     image = images[0]
     angles = np.linspace(0, 180, 7)
-    sweep = F.rotated_digit_sweep(evidence_fn, image, angles)
+    sweep = F.rotated_digit_sweep(lambda x: dirichlet(evidence_fn(x)), image, angles)
     assert sweep.angles.shape == (7,)
     assert sweep.images.shape == (7, 1, SIDE, SIDE)
-    assert sweep.evidence.shape == sweep.probs.shape == (7, K)
+    assert sweep.probs.shape == (7, K)
     assert sweep.u.shape == (7,)
     assert torch.allclose(sweep.probs.sum(1), torch.ones(7))
     # angle 0 is the untouched image; u = K / S
     assert torch.allclose(sweep.images[0], image)
     assert torch.allclose(sweep.probs[0], probs_fn(image[None])[0], atol=1e-6)
-    assert torch.allclose(sweep.u, K / (sweep.evidence + 1).sum(1))
+    assert torch.allclose(sweep.u, K / (evidence_fn(sweep.images) + 1).sum(1))
     # rotating by 180 degrees twice gives the image back
     assert torch.allclose(F.rotate(sweep.images[-1], 180.0), image, atol=1e-5)
     # a rotation actually changes the input
@@ -175,7 +182,7 @@ def test_rotated_digit_sweep():
 
 def test_sweep_plots_end_to_end(tmp_path):
     images, labels, evidence_fn, probs_fn = linear_problem(n=60)
-    rot = F.rotated_digit_sweep(evidence_fn, images[0], np.linspace(0, 180, 10))
+    rot = F.rotated_digit_sweep(lambda x: dirichlet(evidence_fn(x)), images[0], np.linspace(0, 180, 10))
     path = tmp_path / "rot.png"
     assert_png(path, F.rotation_plot(rot.angles, rot.probs, rot.u, images[0], path))
     fg = F.fgsm_sweep(probs_fn, images, labels, [0.0, 0.1, 0.3])

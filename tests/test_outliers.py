@@ -89,14 +89,13 @@ def _log_names(run_dir: Path) -> set:
 
 def test_training_step_adds_the_weighted_outlier_term(workdir, synthetic_data_dir, monkeypatch):
     """A smoke run with outliers tracks their KL; its training step is risk + λ_t KL + λ_o KL on the jigsaw images."""
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
     monkeypatch.chdir(workdir)
     assert main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'outlier_coef=0.5', 'outlier_fraction=0.25',
                  'outlier_grid=4']) == 0
     run = next((workdir / 'logs' / 'evidence_mnist').iterdir())
     assert 'outliers.train' in _log_names(run)
-    conf, _, _ = load_trained(run.name, {'evidence_mnist': EvidenceConfigs})
+    _, conf, _, _ = load_trained(run.name)
     conf.model.eval()  # no dropout: both sides see the same function
     x, y = conf.dataset.train.images[:32], conf.dataset.train.labels[:32]
     with torch.no_grad():
@@ -121,7 +120,7 @@ def test_bad_outlier_settings_are_usage_errors(workdir, synthetic_data_dir):
 
 
 def test_softmax_outlier_loss_is_kl_from_uniform():
-    from configs.baselines import uniform_to_softmax_kl
+    from evidential.outliers import uniform_to_softmax_kl
     torch.manual_seed(0)
     logits = torch.randn(6, 10) * 3
     d = torch.distributions
@@ -152,22 +151,21 @@ def test_outliers_make_the_model_withhold_evidence_from_unfamiliar_images(workdi
     (After one epoch the outliers also raise u on digits, so the AUROC gain needs the full budget: README.)
     """
     from torchvision.datasets import FashionMNIST
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
-    from experiments.evaluate import predict_images
+    from experiments.evaluation.predictions import predict_images
     monkeypatch.chdir(workdir)
     fashion = FashionMNIST(str(real_data_dir), train=False).data[:2000].numpy()
     results = {}
     for coef in (0.1, 0.0):
         assert main([f'data_dir={real_data_dir}', 'epochs=1', f'outlier_coef={coef}']) == 0
         run = max((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)
-        conf, _, _ = load_trained(run.name, {'evidence_mnist': EvidenceConfigs})
+        _, conf, _, _ = load_trained(run.name)
         test = conf.dataset.test
         pred, correct = conf.evaluate(test)
         jigsaw = jigsaw_outliers(test.images[:2000], 2, torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            u_jigsaw = conf.predict(conf.model(jigsaw)).uncertainty
-        u_fashion = predict_images(conf, fashion)[0].uncertainty
+            u_jigsaw = conf.predict(conf.model(jigsaw)).scores['u']
+        u_fashion = predict_images(conf, fashion)[0].scores['u']
         results[coef] = (correct.float().mean().item(), u_fashion.mean().item(), u_jigsaw.mean().item())
     (acc_o, fashion_o, jigsaw_o), (acc, fashion, jigsaw_u) = results[0.1], results[0.0]
     assert acc_o >= 0.94 and acc >= 0.94

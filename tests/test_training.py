@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from configs.checkpoint import CHECKPOINT_FILE, VALUES_FILE, load_checkpoint
-from configs.presets import DEFAULTS
+from configs.evidence import DEFAULTS
 from evidential.heads import EVIDENCE_HEADS
 from evidential.losses import LOSSES
 from evidential.schedules import KL_SCHEDULES
@@ -99,11 +99,10 @@ def test_tracking_and_resume(workdir, synthetic_data_dir):
     ('relaxed_squared_error', 'prior_weight', 0.3, 'prior_weight'),
 ])
 def test_loss_hyperparameters_reach_the_loss(loss, key, value, fn_kwarg, workdir, synthetic_data_dir, monkeypatch):
-    from configs.evidence import EvidenceConfigs
     from configs.runner import load_trained
     monkeypatch.chdir(workdir)
     assert main(['preset=smoke', f'data_dir={synthetic_data_dir}', f'loss_func={loss}', f'{key}={value}']) == 0
-    conf, _, _ = load_trained(_runs(workdir)[-1].name, {'evidence_mnist': EvidenceConfigs})
+    _, conf, _, _ = load_trained(_runs(workdir)[-1].name)
     torch.manual_seed(0)
     evidence, labels = torch.rand(5, 10) * 4, torch.randint(0, 10, (5,))
     expected = LOSSES[loss](evidence, labels, **{fn_kwarg: value})

@@ -43,9 +43,12 @@ def _parse_args(argv):
     return args
 
 
+class DashboardError(RuntimeError):
+    """The dashboard cannot start; the message is user facing (one line, exit code 2)."""
+
+
 def _fail(message: str) -> NoReturn:
-    print(f'dashboard: error: {message}', file=sys.stderr)
-    sys.exit(2)
+    raise DashboardError(message)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -125,6 +128,9 @@ def _entry() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return main()
+    except DashboardError as e:
+        print(f'dashboard: error: {e}', file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
 

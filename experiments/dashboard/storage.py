@@ -20,7 +20,6 @@ temporary file and ``os.replace`` it, which is atomic on POSIX.
 import fcntl
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -29,6 +28,8 @@ from labml_db.driver.file import FileDbDriver
 from labml_db.index_driver.file import FileIndexDbDriver
 from labml_db.serializer.json import JsonSerializer
 from labml_db.serializer.pickle import PickleSerializer
+
+from configs.checkpoint import atomic_write_bytes
 
 STORE_FORMAT = 1
 """Bumped if the on-disk layout changes; written to ``DIR/store.json``."""
@@ -39,18 +40,10 @@ class StoreError(RuntimeError):
 
 
 def _atomic_write(path: Path, data, is_bytes: bool) -> None:
-    """Write ``data`` to ``path`` so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
-    try:
-        with os.fdopen(fd, 'wb' if is_bytes else 'w') as f:
-            f.write(data)
-        os.replace(tmp, str(path))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``data`` to ``path`` so a reader never sees a half-written file (no fsync: a killed
+    dashboard process loses nothing it wrote, since the page cache outlives it; the models are rewritten every
+    few seconds, and syncing each would cost more than a power cut could)."""
+    atomic_write_bytes(path, lambda f: f.write(data if is_bytes else data.encode()), sync=False)
 
 
 class AtomicFileDbDriver(FileDbDriver):

@@ -1,0 +1,133 @@
+"""`evaluate()`: one run's evaluation, end to end (see `experiments/evaluate.py` for what it writes)."""
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from experiments.evaluation import SPLIT_FILES, EvaluateError
+from experiments.evaluation.inputs import default_ood, load_ood_files
+
+
+def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = None, device: Optional[str] = None,
+             fgsm_samples: int = 2000, split: str = 'test', started: Optional[float] = None,
+             log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
+    """
+    Evaluates `run` (a uuid or run folder) and writes the results into its folder; returns the folder and the
+    data of `evaluation.json` (or `evaluation_validation.json` with `split='validation'`). Progress and notes go to `log`.
+
+    Every input is checked before anything is written: raises `EvaluateError`, `CheckpointError`,
+    `DataError`, `UsageError` or `ValueError` (e.g. no CUDA for `device='cuda'`).
+    """
+    started = time.perf_counter() if started is None else started
+    if split not in SPLIT_FILES:
+        raise EvaluateError(f"split must be one of {', '.join(SPLIT_FILES)}, got {split!r}")
+    if fgsm_samples < 0:
+        raise EvaluateError('--fgsm-samples must be >= 0')
+    # ---- everything that can fail on bad input, before anything is written
+    ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
+    import torch
+    from labml.internal.monitor import monitor_singleton
+    from configs.runner import load_trained
+    from experiments.evaluation.output import flat_scalars, log_to_labml, save_json, save_npz
+    from experiments.evaluation.plots import write_figures
+    from experiments.evaluation.predictions import predict_images, prediction_arrays
+    from experiments.evaluation.results import compute_metrics
+    from experiments.evaluation.sweeps import SweepContext, run_sweeps
+    # labml prints a line per configuration it computes ("Prepare model..."); not useful here
+    monitor_singleton().silent(True)
+    try:
+        family, conf, run_dir, state = load_trained(run, data_dir=data_dir, device=device)
+        selecting = split == 'validation'
+        if selecting and conf.dataset.valid_source != 'holdout':
+            raise EvaluateError(f"run {run_dir.name} has no held-out split (it was trained with holdout=0 and "
+                                f"validated on the test set); train with holdout > 0 to select on held-out data")
+        builtin, notes = default_ood(conf, train=selecting)
+        clash = sorted(set(builtin) & set(ood_images))
+        if clash:
+            path = next(p for p in ood_files if Path(p).expanduser().stem == clash[0])
+            raise EvaluateError(f"--ood-file {path}: the set name {clash[0]!r} is taken by the built-in OOD set "
+                                f"of this run; rename the file")
+        ood_images = {**builtin, **ood_images}
+        kind = run_dir.parent.name
+        results_file, predictions_file = SPLIT_FILES[split]
+        ood_split = 'training split' if selecting else 'test split'
+        log(f"run {run_dir.name} ({kind}), epoch {state['epoch']}, status {state['status']}, "
+            f"device {conf.dataset.test.images.device}, evaluating the {split} set"
+            + (f" (OOD: {', '.join(builtin)} {ood_split})" if builtin else ''))
+        for note in notes:
+            log(f"note: {note}")
+
+        # ---- predictions (seeded: sampling models such as MC dropout give the same numbers on a rerun)
+        torch.manual_seed(conf.seed)
+        test = conf.dataset.valid if selecting else conf.dataset.test
+        outputs = conf.evaluate_outputs(test)
+        output_notes = conf.evaluation_notes(outputs, 'held-out' if selecting else 'test')
+        for note in output_notes:
+            log(f"note: {note}")
+        notes += output_notes
+        id_pred = conf.predict(outputs)
+        id_arrays = prediction_arrays(id_pred)
+        labels = test.labels.cpu().numpy()
+        test_evidence = id_pred.extras.get('evidence')
+        ood_arrays = {name: prediction_arrays(predict_images(conf, images)[0]) for name, images in ood_images.items()}
+
+        # ---- metrics, from exactly the arrays saved in predictions.npz
+        results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
+        sweeps, sweep_notes = ({}, []) if selecting else run_sweeps(
+            family.capabilities,
+            SweepContext(conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), fgsm_samples))
+        for note in sweep_notes:
+            log(f"note: {note}")
+
+        # ---- write (an earlier results file goes first: it must never sit beside other predictions)
+        (run_dir / results_file).unlink(missing_ok=True)
+        npz = {f'id/{k}': v for k, v in id_arrays.items()}
+        npz['id/labels'] = labels.astype(np.int64)
+        if test_evidence is not None:
+            npz['id/evidence'] = test_evidence.detach().float().cpu().numpy()
+        for name, arrays in ood_arrays.items():
+            npz.update({f'{name}/{k}': v for k, v in arrays.items()})
+        save_npz(run_dir / predictions_file, npz)
+        written, figure_notes = ({}, []) if selecting else write_figures(
+            run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps, test_evidence)
+        for note in figure_notes:
+            log(f"note: {note}")
+    finally:
+        monitor_singleton().silent(False)  # for in-process callers (tests, sweeps) that train next
+
+    results = {
+        'id': results['id'],
+        'ood': results['ood'],
+        'id_score': results['id_score'],
+        'selective': results['selective'],
+        'run': run_dir.name,
+        'experiment': kind,
+        'epoch': state['epoch'],
+        'status': state['status'],
+        'dataset': conf.dataset.name,
+        'split': split,
+        'ood_split': 'train' if selecting else 'test',
+        'n': {'id': int(len(labels)), **{name: int(len(a['probs'])) for name, a in ood_arrays.items()}},
+        'ood_files': {Path(p).expanduser().stem: str(Path(p).expanduser().resolve()) for p in ood_files},
+        **{k: v for k, v in sweeps.items()},
+        'figures': written,
+        'notes': notes + sweep_notes + figure_notes,
+        'predictions': predictions_file,
+    }
+    for block in sweeps.values():  # figure-only values (the rotated image) stay out of the JSON
+        for key in [k for k in block if k.startswith('_')]:
+            del block[key]
+    scalars = flat_scalars(results)
+    step = int(state.get('samples_seen', 0))
+    if not selecting:  # the eval.* indicators of the labml log are the test-set results
+        try:
+            log_to_labml(run_dir, scalars, step)
+            results['labml_log'] = {'file': 'log.jsonl', 'global_step': step, 'indicators': sorted(scalars)}
+        except Exception as e:  # the evaluation itself is complete; say what did not work
+            print(f"warning: could not append the results to {run_dir / 'log.jsonl'} ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+    results['seconds'] = round(time.perf_counter() - started, 2)
+    save_json(run_dir / results_file, results)
+    return run_dir, results

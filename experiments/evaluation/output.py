@@ -1,0 +1,120 @@
+"""Writing an evaluation's results: JSON and npz files (atomically), labml's log, and the printed table."""
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from configs.checkpoint import atomic_write_bytes
+
+# ---------------------------------------------------------------------- labml log
+
+def _indicator_name(part: str) -> str:
+    return re.sub(r'[^A-Za-z0-9_\-]', '_', part)
+
+
+def flat_scalars(results: Dict[str, Any]) -> Dict[str, float]:
+    """`eval.accuracy`, ..., `eval.ood.<set>.<score>.auroc`, ...: the numbers logged to labml."""
+    out = {f'eval.{k}': v for k, v in results['id'].items() if v is not None}
+    for set_name, per_score in results['ood'].items():
+        for score, values in per_score.items():
+            for k, v in values.items():
+                out[f'eval.ood.{_indicator_name(set_name)}.{score}.{k}'] = v
+    return out
+
+
+def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> None:
+    """
+    Appends `values` to the run's labml log (`log.jsonl`) with labml's own tracker and file writer,
+    at the run's last global step, and adds their definitions to `indicators.yaml`.
+
+    Re-opening the run with `experiment.create(uuid=...)` + `experiment.start()` is not used: labml 0.5.3
+    then refuses to start while the training's `run.pid` exists, and otherwise rewrites `run.yaml`
+    (trial time, python file), replaces `indicators.yaml` by the evaluation's indicators only, and adds a
+    second `completed` status to `run_log.jsonl`. Here only `log.jsonl` (appended) and `indicators.yaml`
+    (entries added, nothing removed) change.
+    """
+    from labml import tracker
+    from labml.internal.tracker import tracker_singleton
+    from labml.internal.tracker.writers import file as file_writer
+    t = tracker_singleton()
+    t.reset_writers()  # no screen writer, no other run's writers
+    writer = file_writer.Writer(run_dir / 'log.jsonl')
+    t.add_writer(writer)
+    tracker.set_scalar('eval.*', False)
+    tracker.set_global_step(global_step)
+    tracker.add(values)
+    tracker.save()
+    definitions = {k: ind.to_dict() for k, ind in t.indicators.items() if k in values}
+    t.finish_loop()  # flushes the file writer and stops its thread
+    writer.thread.join(timeout=30)
+    t.reset_writers()
+    t.set_global_step(None)  # as a fresh tracker: a later labml run in this process counts from its own start
+    _add_indicator_definitions(run_dir / 'indicators.yaml', definitions)
+
+
+def _add_indicator_definitions(path: Path, definitions: Dict[str, Any]) -> None:
+    import yaml
+    from labml.internal import util as labml_util
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except (OSError, yaml.YAMLError) as e:
+        print(f"note: {path} left unchanged ({type(e).__name__})", file=sys.stderr)
+        return
+    if not isinstance(data, dict):
+        return
+    data.setdefault('wildcards', {})
+    data.setdefault('indicators', {})
+    data['indicators'].update(definitions)
+    text = labml_util.yaml_dump(data)
+    atomic_write_bytes(path, lambda f: f.write(text.encode()), path.stat().st_mode & 0o777 if path.exists() else None)
+
+
+# ---------------------------------------------------------------------- output
+
+def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def save_json(path: Path, data: Dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, allow_nan=True) + '\n'
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def _fmt(v: Optional[float]) -> str:
+    return '   n/a' if v is None else f'{v:.4f}'
+
+
+def format_table(results: Dict[str, Any]) -> str:
+    split = 'held-out validation' if results.get('split') == 'validation' else 'test'
+    lines = [f"In-distribution: {results['dataset']} {split} set, {results['n']['id']:,} images "
+             f"(aurc and misclassification_auroc ranked by {results['id_score']})"]
+    keys = list(results['id'])
+    widths = [max(len(k), 8) for k in keys]
+    lines.append('  ' + '  '.join(k.rjust(w) for k, w in zip(keys, widths)))
+    lines.append('  ' + '  '.join(_fmt(results['id'][k]).rjust(w) for k, w in zip(keys, widths)))
+    if results['ood']:
+        lines.append('')
+        lines.append('Out-of-distribution (OOD = positive; auroc, aupr: higher is better; fpr95: lower is better)')
+        name_w = max(len('set'), *(len(s) for s in results['ood']))
+        score_w = max(len('score'), *(len(sc) for v in results['ood'].values() for sc in v))
+        lines.append(f"  {'set'.ljust(name_w)}  {'score'.ljust(score_w)}     auroc      aupr     fpr95   n")
+        for set_name, per_score in results['ood'].items():
+            for j, (score, v) in enumerate(per_score.items()):
+                first = set_name if j == 0 else ''
+                n = f"{results['n'][set_name]:,}" if j == 0 else ''
+                lines.append(f"  {first.ljust(name_w)}  {score.ljust(score_w)}  {_fmt(v['auroc']):>8}  "
+                             f"{_fmt(v['aupr']):>8}  {_fmt(v['fpr95']):>8}   {n}")
+    else:
+        lines.append('')
+        lines.append('Out-of-distribution: no set')
+    if 'fgsm' in results:
+        f = results['fgsm']
+        lines.append('')
+        lines.append(f"FGSM ({f['n_samples']:,} test images; eps in pixel units)")
+        lines.append('  eps          ' + ' '.join(f'{e:5.2f}' for e in f['eps']))
+        lines.append('  accuracy     ' + ' '.join(f'{a:5.3f}' for a in f['accuracy']))
+        lines.append('  mean entropy ' + ' '.join(f'{h:5.3f}' for h in f['mean_entropy']))
+    return '\n'.join(lines)

@@ -1,0 +1,90 @@
+"""
+# Train a run of any registered family
+
+    python -m experiments.train FAMILY [preset=NAME] [key=value ...]
+    python -m experiments.train --list
+
+`python -m experiments.evidence_mnist ...` is the same as `python -m experiments.train evidence_mnist ...`
+(each family's entry point is `entry_point(NAME)`). Exit codes: 0 done (or `--help`), 2 a bad command line,
+run, checkpoint or data folder (one line on stderr, nothing written), 3 training stopped on non-finite
+numbers (the last good checkpoint is kept), 130 / 143 interrupted by Ctrl-C / SIGTERM (with how to resume).
+"""
+import sys
+from typing import Callable, List, Optional
+
+from configs import registry
+
+
+def _writers(values) -> set:
+    """Screen and file writers, plus labml's app writer when a dashboard answers.
+
+    `dashboard=` names it; without it, `app_url` from `.labml.yaml` (or `labml_app_url`) is used.
+    """
+    from experiments.dashboard.client import attach
+    writers = {'screen', 'file'}
+    if attach(values.get('dashboard') or None):
+        writers.add('app')
+    return writers
+
+
+def main(family_name: str, argv: Optional[List[str]] = None) -> int:
+    """Trains a run of `family_name` from the command line `argv`; returns the exit code."""
+    from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+    from configs.cli import UsageError
+    from configs.experiment import Interrupted, TrainingStopped
+    from configs.runner import prepare, train
+    from evidential.data import DataError
+    argv = sys.argv[1:] if argv is None else argv
+    family = registry.get(family_name)
+    try:
+        prepared = prepare(family, argv, _writers)
+    except (UsageError, CheckpointError, DataError, ValueError) as e:  # ValueError: e.g. no CUDA for device=cuda
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if prepared is None:
+        return 0  # --help
+    data = prepared.conf.dataset
+    print(f"data: {data.name} from {data.train.images.device}, {len(data.train)} train / {len(data.valid)} valid "
+          f"({data.valid_source}) / {len(data.test)} test images, {prepared.conf.n_classes} classes")
+    try:
+        run_dir, final = train(prepared)
+    except TrainingStopped as e:
+        run_dir = e.run_dir
+        kept = (f"the last good checkpoint (end of epoch {load_checkpoint(run_dir)['epoch']}) is kept in {run_dir}"
+                if (run_dir / CHECKPOINT_FILE).exists() else "no epoch had completed, so there is no checkpoint")
+        print(f"\nerror: training stopped: {e}; {kept}", file=sys.stderr)
+        return 3
+    except Interrupted as e:
+        print(f"\ninterrupted by {e.args[0]}: the finished epochs are saved in {e.run_dir}.\n"
+              f"Resume with: python -m {family.prog} resume={e.run_dir.name}", file=sys.stderr)
+        return 128 + e.signal_number
+    print(f"\ndone: test accuracy {final['accuracy.test']:.4f}, test NLL {final['loss.test']:.4f}\n"
+          f"run folder: {run_dir}\n"
+          f"evaluate:   python -m experiments.evaluate {run_dir.name}")
+    return 0
+
+
+def entry_point(family_name: str) -> Callable[[Optional[List[str]]], int]:
+    """`main(argv=None) -> exit code` of one family: what `experiments/<family>.py` exposes."""
+    def family_main(argv: Optional[List[str]] = None) -> int:
+        return main(family_name, argv)
+    family_main.__name__ = f'{family_name}_main'
+    return family_main
+
+
+def cli(argv: Optional[List[str]] = None) -> int:
+    """`python -m experiments.train FAMILY ...`: the family's entry point; without one, the list of families."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ('-h', '--help', '--list'):
+        print('usage: python -m experiments.train FAMILY [preset=NAME] [key=value ...]\n\nfamilies:')
+        for family in registry.all_families():
+            print(f"  {family.name:<18} {family.description}")
+        return 0 if argv else 2
+    if argv[0] not in registry.FAMILIES:
+        print(f"error: unknown family {argv[0]!r}; known: {', '.join(registry.FAMILIES)}", file=sys.stderr)
+        return 2
+    return main(argv[0], argv[1:])
+
+
+if __name__ == '__main__':
+    sys.exit(cli())
