@@ -47,7 +47,7 @@ HIDDEN_KEYS = {'experiment_name', 'n_classes', 'optimizer'}
 OPTIMIZER_KEYS = {'optimizer', 'learning_rate', 'weight_decay', 'weight_decouple', 'weight_decay_absolute',
                   'betas', 'eps', 'momentum', 'amsgrad', 'warmup'}
 # labml_nn optimizers that work for these experiments (Noam needs d_model, Sophia a Hessian estimate)
-OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'RAdam', 'AdaBelief']
+OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'NesterovSGD', 'RAdam', 'AdaBelief']
 
 
 def positive(v): return None if v > 0 else 'must be > 0'
@@ -85,7 +85,9 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     'log_interval': positive,
     'seed': non_negative,
     'holdout': _holdout,
-    'lr_schedule': lambda v: None if v in ('constant', 'cosine') else 'must be constant or cosine',
+    'lr_schedule': lambda v: None if v in ('constant', 'cosine', 'cosine_epochs') else
+    'must be constant, cosine or cosine_epochs',
+    'lr_period_epochs': positive,
     'device': _device,
     'dashboard': _url,
     'optimizer.learning_rate': positive,

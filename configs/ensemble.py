@@ -2,7 +2,8 @@ r"""
 # Deep ensemble — `python -m experiments.ensemble_mnist`
 
 `ensemble_size` $= M$ independently initialised LeNets (Lakshminarayanan et al., 2017) held as one
-vectorised model (`evidential.models.ensemble.LeNetEnsemble`) whose forward gives `[M, N, K]` logits;
+Packed-Ensemble with $\alpha = M$, $\gamma = 1$ (`evidential.models.ensemble.deep_ensemble`: the same grouped
+layers as `packed_mnist`, one implementation) whose forward gives `[M, N, K]` logits;
 the loss is the sum of the members' cross-entropies on the same batch, so each member gets exactly the
 gradient it would get alone; $\hat{p}$ is the mean of the members' softmaxes, with the mutual information.
 """
@@ -19,7 +20,7 @@ from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
-from evidential.models.ensemble import LeNetEnsemble, member_seeds
+from evidential.models.ensemble import deep_ensemble, member_seeds
 from evidential.models.lenet import LeNet
 from evidential.outliers import uniform_to_softmax_kl
 from evidential.prediction import Prediction, sampled_prediction
@@ -53,8 +54,8 @@ class EnsembleConfigs(LeNetExperimentConfigs):
         return uniform_to_softmax_kl(outputs).mean(-1).sum()
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
-        """`[M, N, K]` logits of the members."""
-        return sampled_prediction(outputs)
+        """`[M, N, K]` logits of the members: mean softmax, mutual information and disagreement."""
+        return sampled_prediction(outputs, disagreement=True)
 
     def architecture(self) -> Dict[str, object]:
         return {**super().architecture(), 'ensemble_size': self.ensemble_size}
@@ -66,19 +67,16 @@ class EnsembleConfigs(LeNetExperimentConfigs):
 
 @option(EnsembleConfigs.model, 'lenet_ensemble')
 def _lenet_ensemble(c: EnsembleConfigs):
-    members = []
-    for seed in member_seeds(c.seed, c.ensemble_size):
-        torch.manual_seed(seed)
-        members.append(LeNet(c.n_classes, c.dropout))
+    model = deep_ensemble(LeNet, c.n_classes, member_seeds(c.seed, c.ensemble_size), dropout=c.dropout)
     # Dropout and everything after draw from the run's seed, as for the single LeNet
     torch.manual_seed(c.seed)
-    return LeNetEnsemble(members).to(c.dataset.train.images.device)
+    return model.to(c.dataset.train.images.device, memory_format=torch.channels_last)
 
 
 FAMILY = Family(
     name='ensemble_mnist',
     configs=EnsembleConfigs,
-    description='deep ensemble: M LeNets trained together as one vectorised model, softmaxes averaged',
+    description='deep ensemble: M LeNets trained together (a Packed-Ensemble with alpha = M, gamma = 1), softmaxes averaged',
     defaults={**SOFTMAX_DEFAULTS, 'model': 'lenet_ensemble', 'ensemble_size': 5},
     presets=baseline_presets(EVIDENCE_PRESETS, ensemble_size=3),
     checks={**LENET_CHECKS, 'ensemble_size': at_least_one},

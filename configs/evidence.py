@@ -258,7 +258,7 @@ PRESETS = {
 }
 
 
-def _kl_points(v):
+def kl_points_check(v):
     try:
         validate_piecewise_points(v)
     except ValueError as e:
@@ -281,7 +281,7 @@ FAMILY = Family(
     defaults=DEFAULTS,
     presets=PRESETS,
     checks={**LENET_CHECKS, 'kl_coef': non_negative, 'prior_weight': positive, 'fisher_coef': non_negative,
-            'kl_div_coef_schedule': _kl_points},
+            'kl_div_coef_schedule': kl_points_check},
     label_keys=_label_keys,
     label_names={'kl_coef': 'kl', 'prior_weight': 'λ', 'fisher_coef': 'λ_F'},
     primary_score='u',

@@ -24,7 +24,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 
 from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, resolve_device, tensor_split
 from evidential.prediction import Prediction
-from evidential.schedules import cosine_decay
+from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -92,8 +92,11 @@ class MNISTExperimentConfigs(BaseConfigs):
     valid_batch_size: int = 256
     # Training steps between two tracker writes (per-step values are averaged over them)
     log_interval: int = 10
-    # Learning rate over training: `constant`, or `cosine` decay to 0 (per step)
+    # Learning rate over training: `constant`, `cosine` decay to 0 over the run (per step), or `cosine_epochs`:
+    # PyTorch's CosineAnnealingLR with a period of `lr_period_epochs`, stepped once per epoch (TorchUncertainty)
     lr_schedule: str = 'constant'
+    # T_max of `cosine_epochs`, in epochs
+    lr_period_epochs: float = 10.0
 
     # The model (`self.model`) is declared by each family, with its own options: labml keeps options on the
     # class that declares the key, so a model declared here would share its options with every family.
@@ -253,8 +256,9 @@ class MNISTExperimentConfigs(BaseConfigs):
         base_lrs = [g.setdefault('initial_lr', g['lr']) for g in self.optimizer.param_groups]
         total_samples = self.epochs * len(train)
         for step_index, (x, y) in zip(monit.iterate('Train', n_batches), batches):
-            if self.lr_schedule == 'cosine':
-                factor = cosine_decay(samples_seen / total_samples)
+            if self.lr_schedule in ('cosine', 'cosine_epochs'):
+                factor = (cosine_decay(samples_seen / total_samples) if self.lr_schedule == 'cosine'
+                          else cosine_annealing(epoch, self.lr_period_epochs))
                 for g, lr in zip(self.optimizer.param_groups, base_lrs):
                     g['lr'] = lr * factor
             x = self.transform_batch(x, generator)
@@ -411,6 +415,12 @@ def _fashion_mnist(c: MNISTExperimentConfigs):
 @option(MNISTExperimentConfigs.n_classes)
 def _n_classes(c: MNISTExperimentConfigs):
     return c.dataset.n_classes
+
+
+@option(OptimizerConfigs.optimizer, 'NesterovSGD')
+def _nesterov_sgd(c: OptimizerConfigs):
+    # labml_nn's `SGD` option has no Nesterov momentum (Pyro's BNN tutorial uses it)
+    return torch.optim.SGD(c.parameters, c.learning_rate, c.momentum, weight_decay=c.weight_decay, nesterov=True)
 
 
 @option(MNISTExperimentConfigs.optimizer)

@@ -23,6 +23,9 @@ FAMILIES: Dict[str, str] = {
     'softmax_mnist': 'configs.softmax',
     'mc_dropout_mnist': 'configs.mc_dropout',
     'ensemble_mnist': 'configs.ensemble',
+    'packed_mnist': 'configs.packed',
+    'vote_mnist': 'configs.vote',
+    'bayes_mnist': 'configs.bayes',
 }
 
 

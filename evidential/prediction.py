@@ -43,13 +43,27 @@ def categorical_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -p_log_p.sum(dim=-1)
 
 
-def sampled_prediction(logits: torch.Tensor) -> Prediction:
+def member_disagreement(probs: torch.Tensor) -> torch.Tensor:
+    r"""
+    The fraction of the $S$ members (samples) whose vote differs from the ensemble's prediction,
+    $d_i = \frac{1}{S} \sum_s \mathbb{1}[\arg\max_k p_{sik} \ne \arg\max_k \bar{p}_{ik}]$, for probabilities
+    `[S, N, K]` → `[N]` in $\{0, \frac1S, \dots, 1\}$: 0 when every member votes for the ensemble's class; it can
+    reach 1, since that class need not be any member's vote ($(.6, .4, 0)$ and $(0, .4, .6)$ average to
+    $(.3, .4, .3)$). Ties in $\arg\max$ go to the lowest class index.
+    """
+    # $\hat{y}_i = \arg\max_k \bar{p}_{ik}$
+    ensemble_vote = probs.mean(0).argmax(-1)
+    # $\frac{1}{S} \sum_s \mathbb{1}[\arg\max_k p_{sik} \ne \hat{y}_i]$
+    return (probs.argmax(-1) != ensemble_vote).to(probs.dtype).mean(0)
+
+
+def sampled_prediction(logits: torch.Tensor, disagreement: bool = False) -> Prediction:
     r"""
     The prediction of `S` samples of logits `[S, N, K]` (MC-dropout passes, ensemble members, posterior samples):
     $\bar{p} = \frac{1}{S}\sum_s \text{softmax}(z_s)$ and the mutual information between the prediction and
     the sampled parameters, $I = H[\bar{p}] - \frac{1}{S}\sum_s H[\text{softmax}(z_s)] \ge 0$ (the epistemic
-    part of the predictive entropy; clamped at 0 against rounding; at most $\log S$ and $\log K$).
-    Plain `[N, K]` logits count as one sample.
+    part of the predictive entropy; clamped at 0 against rounding; at most $\log S$ and $\log K$), and with
+    `disagreement` the members' `member_disagreement`. Plain `[N, K]` logits count as one sample.
     """
     if logits.dim() == 2:
         logits = logits[None]
@@ -58,4 +72,7 @@ def sampled_prediction(logits: torch.Tensor) -> Prediction:
     mean = probs.mean(0)
     # $I = H[\bar{p}] - \frac{1}{S}\sum_s H[p_s]$
     mutual_information = (categorical_entropy(mean) - categorical_entropy(probs).mean(0)).clamp_min(0.)
-    return Prediction(probs=mean, scores={'mutual_information': mutual_information})
+    scores = {'mutual_information': mutual_information}
+    if disagreement:
+        scores['disagreement'] = member_disagreement(probs)
+    return Prediction(probs=mean, scores=scores)

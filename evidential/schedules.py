@@ -82,3 +82,12 @@ def cosine_decay(progress: float) -> float:
     import math
     progress = min(max(progress, 0.), 1.)
     return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_annealing(epoch: int, period: float) -> float:
+    r"""PyTorch's `CosineAnnealingLR` factor at `epoch` (stepped once per epoch, $\eta_{min} = 0$):
+    $\frac{1}{2}(1 + \cos(\pi \cdot \text{epoch} / T_{max}))$, $T_{max}$ = `period`."""
+    import math
+    if period <= 0:
+        raise ValueError(f"the period must be > 0 epochs, got {period}")
+    return 0.5 * (1 + math.cos(math.pi * epoch / period))

@@ -1,4 +1,4 @@
-"""deep ensemble: M LeNets trained together as one vectorised model, softmaxes averaged.
+"""deep ensemble: M LeNets trained together (a Packed-Ensemble with alpha = M, gamma = 1), softmaxes averaged.
 
     python -m experiments.ensemble_mnist [preset=NAME] [key=value ...]      (--help: every key, its default and options)
 """

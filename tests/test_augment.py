@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from evidential.augment import random_affine
-from evidential.schedules import cosine_decay
+from evidential.schedules import cosine_annealing, cosine_decay
 
 
 def _blob(n=16):
@@ -57,3 +57,16 @@ def test_cosine_decay():
     assert cosine_decay(0.) == 1. and cosine_decay(1.) == pytest.approx(0.) and cosine_decay(0.5) == pytest.approx(0.5)
     assert cosine_decay(0.25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert cosine_decay(2.) == pytest.approx(0.)
+
+
+def test_cosine_annealing_is_pytorchs_epoch_stepped_scheduler():
+    """`lr_schedule=cosine_epochs` (TorchUncertainty's recipe): the factor at epoch e is CosineAnnealingLR's."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.2)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    for epoch in range(14):
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(0.2 * cosine_annealing(epoch, 10), abs=1e-12)
+        optimizer.step()
+        scheduler.step()
+    with pytest.raises(ValueError):
+        cosine_annealing(0, 0)

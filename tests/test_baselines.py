@@ -16,7 +16,8 @@ from configs.evidence import DEFAULTS as EVIDENCE_DEFAULTS, EvidenceConfigs
 from configs.mc_dropout import MCDropoutConfigs
 from configs.runner import load_trained
 from configs.softmax import SoftmaxConfigs
-from evidential.models.ensemble import LeNetEnsemble, member_seeds
+from evidential.models.ensemble import deep_ensemble, member_seeds
+from evidential.models.packed import PackedEnsemble
 from evidential.models.lenet import LeNet
 from evidential.models.mc_dropout import mc_dropout_logits
 from evidential.prediction import sampled_prediction
@@ -91,7 +92,7 @@ def test_baseline_trains_checkpoints_and_reloads(name, baselines, monkeypatch):
     if name == 'ensemble_mnist':
         assert state['architecture']['ensemble_size'] == 3
         assert conf.architecture() == state['architecture']
-        assert conf.model.members.out.weight.shape == (3, 10, 500)
+        assert conf.model.body.out.weight.shape == (3, 10, 500)  # one block per member
 
 
 @pytest.mark.parametrize('name', list(CLASSES))
@@ -101,7 +102,8 @@ def test_baseline_evaluation_files(name, baselines):
     results = json.loads((runs[name] / 'evaluation.json').read_text())
     assert set(results['id']) == {'accuracy', 'nll', 'brier', 'ece', 'aurc', 'misclassification_auroc'}
     scores = set(results['ood']['fashion_mnist'])
-    expected = {'entropy', 'msp'} | ({'mutual_information'} if name != 'softmax_mnist' else set())
+    expected = ({'entropy', 'msp'} | ({'mutual_information'} if name != 'softmax_mnist' else set())
+                | ({'disagreement'} if name == 'ensemble_mnist' else set()))
     assert scores == expected
     npz = np.load(runs[name] / 'predictions.npz')
     assert 'id/u' not in npz.files
@@ -117,12 +119,11 @@ def test_ensemble_members_differ_and_vectorised_forward_equals_each_member(basel
     ensemble = conf.model.eval()
     x = conf.dataset.test.images
     with torch.no_grad():
-        grouped, vmapped = ensemble.forward_grouped(x), ensemble.forward_vmap(x)
-        assert grouped.shape == vmapped.shape == (3, 256, 10)
+        grouped = ensemble(x)
+        assert grouped.shape == (3, 256, 10)
         alone = torch.stack([ensemble.member(i).eval()(x) for i in range(3)])
     assert isinstance(ensemble.member(0), LeNet)
     torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(vmapped, alone, atol=1e-5, rtol=1e-5)
     # independently initialised members: different functions and different predicted classes
     classes = alone.argmax(-1)
     for i in range(3):
@@ -139,14 +140,20 @@ def test_ensemble_members_have_their_own_initialisation_and_dropout():
     assert len(set(seeds)) == 4 and member_seeds(5, 2) == seeds[:2] and not set(member_seeds(6, 4)) & set(seeds)
     torch.manual_seed(0)
     same = LeNet(10, dropout=0.5)
-    ensemble = LeNetEnsemble([same, copy.deepcopy(same), copy.deepcopy(same)])
+    ensemble = PackedEnsemble(LeNet, 10, alpha=3, num_estimators=3, dropout=0.5).load_members(
+        [same, copy.deepcopy(same), copy.deepcopy(same)])
     x = torch.randn(8, 1, 28, 28)
-    for impl in ('grouped', 'vmap'):
-        ensemble.impl = impl
-        out = ensemble.eval()(x)
-        assert torch.equal(out[0], out[1])  # identical members, no dropout
-        out = ensemble.train()(x)
-        assert not torch.allclose(out[0], out[1])  # each member draws its own dropout mask
+    out = ensemble.eval()(x)
+    torch.testing.assert_close(out[0], out[1])  # identical members, no dropout
+    out = ensemble.train()(x)
+    assert not torch.allclose(out[0], out[1])  # each member draws its own dropout mask
+    # deep_ensemble: member i initialised under its own seed, exactly as a LeNet built alone under it
+    seeds = member_seeds(5, 3)
+    built = deep_ensemble(LeNet, 10, seeds, dropout=0.5)
+    torch.manual_seed(seeds[1])
+    alone = LeNet(10, dropout=0.5)
+    for (name, a), b in zip(built.member(1).named_parameters(), alone.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_ensemble_gradient_equals_each_member_trained_alone():
@@ -158,18 +165,21 @@ def test_ensemble_gradient_equals_each_member_trained_alone():
         torch.manual_seed(seed)
         members.append(LeNet(10, dropout=0.0))
     alone = [copy.deepcopy(m) for m in members]
-    ensemble = LeNetEnsemble(members)
+    ensemble = PackedEnsemble(LeNet, 10, alpha=3, num_estimators=3, dropout=0.0).load_members(members)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     loss, extras = EnsembleConfigs.training_loss(None, ensemble(x), y, 0)
     loss.backward()
+    # the gradients laid out like the weights, so that `member(i)` reads member i's block of them
+    gradients = copy.deepcopy(ensemble)
+    for g, p in zip(gradients.parameters(), ensemble.parameters()):
+        g.data = p.grad.clone()
     losses = []
     for i, m in enumerate(alone):
         member_loss = F.cross_entropy(m(x), y)
         member_loss.backward()
         losses.append(member_loss.item())
-        for name, p in m.named_parameters():
-            torch.testing.assert_close(ensemble.members.get_parameter(name).grad[i], p.grad,
-                                       atol=1e-6, rtol=1e-5, msg=name)
+        for (name, g), p in zip(gradients.member(i).named_parameters(), m.parameters()):
+            torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5, msg=name)
     assert loss.item() == pytest.approx(sum(losses), rel=1e-5)
     assert extras['ce.train'].item() == pytest.approx(np.mean(losses), rel=1e-5)
 

@@ -28,7 +28,7 @@ class Layers:
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, *, first: bool = False) -> nn.Module:
         return nn.Conv2d(in_channels, out_channels, kernel_size)
 
-    def linear(self, in_features: int, out_features: int, *, last: bool = False) -> nn.Module:
+    def linear(self, in_features: int, out_features: int, *, first: bool = False, last: bool = False) -> nn.Module:
         return nn.Linear(in_features, out_features)
 
 
