@@ -49,9 +49,10 @@ class BayesConfigs(LeNetExperimentConfigs):
     model: nn.Module
     # Standard deviation of the prior $\mathcal{N}(0, s^2)$ of every weight and bias
     prior_scale: float = 1.0
-    # Initial posterior $\sigma$ and its floor $\sigma_{\min}$
-    sigma_init: float = 0.1
-    sigma_min: float = 0.01
+    # Initial posterior $\sigma$ and its floor $\sigma_{\min}$ (README: 0.1, the Pyro tutorial's, drowns the
+    # LeNet's weights, ~0.035 in its 800 -> 500 layer, in noise: held-out accuracy 10 % after an epoch; 0.005: 96 %)
+    sigma_init: float = 0.005
+    sigma_min: float = 1e-5
     # Weight $\beta$ of the KL term (1: the ELBO)
     beta: float = 1.0
     # Annealing $\lambda_t$ of the KL term as a function of samples seen (the evidential experiment's schedules)
@@ -114,8 +115,8 @@ for _name in KL_SCHEDULES:
                                                  points=c.kl_div_coef_schedule, coef=c.kl_coef))(_name))
 
 # This app's training recipe; no dropout (the weights are random already)
-DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet', 'dropout': 0.0, 'prior_scale': 1.0, 'sigma_init': 0.1,
-            'sigma_min': 0.01, 'beta': 1.0, 'kl_schedule': 'constant', 'kl_coef': 1.0, 'mc_samples': 30}
+DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet', 'dropout': 0.0, 'prior_scale': 1.0, 'sigma_init': 0.005,
+            'sigma_min': 1e-5, 'beta': 1.0, 'kl_schedule': 'constant', 'kl_coef': 1.0, 'mc_samples': 30}
 
 PRESETS = {
     **baseline_presets(EVIDENCE_PRESETS, mc_samples=4),

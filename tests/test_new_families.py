@@ -100,7 +100,7 @@ def test_bayes_trains_on_real_mnist(workdir, real_data_dir, monkeypatch):
     """Two epochs of the Bayesian LeNet on the real 10k-image subset: a sensible accuracy, a positive loss, a
     finite KL that falls once the likelihood has settled, and more predictive entropy on Fashion-MNIST."""
     monkeypatch.chdir(workdir)
-    assert train('bayes_mnist', [f'data_dir={real_data_dir}', 'epochs=3', 'mc_samples=8']) == 0
+    assert train('bayes_mnist', [f'data_dir={real_data_dir}', 'epochs=2', 'mc_samples=8']) == 0
     run = _run(workdir, 'bayes_mnist')
     state = load_checkpoint(run)
     assert state['history'][-1]['accuracy.valid'] > 0.9, state['history']
