@@ -21,7 +21,7 @@ import torch.nn as nn
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import Preset, non_negative, positive
+from configs.cli import Preset, between, non_negative, positive
 from configs.evidence import PRESETS as EVIDENCE_PRESETS, kl_points_check
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
@@ -141,7 +141,7 @@ FAMILY = Family(
     presets=PRESETS,
     checks={**LENET_CHECKS, 'prior_scale': positive, 'sigma_init': positive, 'sigma_min': positive,
             'beta': non_negative, 'kl_coef': non_negative, 'kl_div_coef_schedule': kl_points_check,
-            'mc_samples': non_negative},
+            'mc_samples': between(0, 1000)},
     label_keys=lambda values: ['model', 'mc_samples', 'beta', 'prior_scale'],
     label_names={'mc_samples': 'S', 'beta': 'β', 'prior_scale': 'prior'},
     capabilities=Capabilities(samples=True),

@@ -6,12 +6,20 @@ labml run folder (`logs/<experiment>/<uuid>/checkpoint.pt`). Writes are atomic: 
 to a temporary name in the same folder, flushed to disk, and renamed over the old one, so a
 `kill -9` at any moment leaves either the previous or the new checkpoint, never half of one.
 Checkpoints hold only tensors and plain containers and are read with `weights_only=True`.
+
+A write that fails (a full disk: ENOSPC, a failing one: EIO) raises `RunWriteError`, naming the file and the
+reason; the previous checkpoint stays as it was. labml's log (`log.jsonl`) is written through `LogGuard`:
+in the training's own thread, each append whole or not at all, and flushed before every checkpoint, so a
+checkpoint never records an epoch whose logged values are not on disk.
 """
+import errno as errno_module
+import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -22,6 +30,38 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A run or its checkpoint cannot be used; the message says why."""
+
+
+class RunWriteError(RuntimeError):
+    """A file of a run could not be written (disk full, I/O error); the message names the file and the reason.
+    `run_dir` is set by the runner; the entry point exits with code 4 and says how to resume."""
+
+    def __init__(self, path, error: OSError):
+        self.path, self.errno = Path(path), error.errno
+        code = errno_module.errorcode.get(error.errno, '') if error.errno else ''
+        reason = error.strerror or str(error) or type(error).__name__
+        super().__init__(f"could not write {path}: {reason}" + (f" ({code})" if code else ''))
+        self.run_dir: Optional[Path] = None
+
+
+def first_write_error(error: BaseException, folder: Optional[Path] = None) -> Optional[RunWriteError]:
+    """The first failed write behind `error` (following `__context__`: a failure while cleaning up after
+    another one names the first), as a `RunWriteError`; None when no write failed. An `OSError` that names no
+    file (labml's own writes) is reported as a file in `folder`."""
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    for e in reversed(chain):
+        if isinstance(e, RunWriteError):
+            return e
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            return RunWriteError(e.filename or (f'a file in {folder}' if folder else 'a file'), e)
+    return None
+
+
+#: errno values of a failed write (disk full, quota, I/O error, read-only file system, file too large)
+WRITE_ERRNOS = {errno_module.ENOSPC, errno_module.EDQUOT, errno_module.EIO, errno_module.EROFS, errno_module.EFBIG}
 
 
 def _default_mode() -> int:
@@ -51,10 +91,99 @@ def atomic_write_bytes(path: Path, write, mode: Optional[int] = None, sync: bool
         raise
 
 
+#: Called before each checkpoint is written (the runner flushes labml's log there); each may raise `RunWriteError`
+BEFORE_CHECKPOINT: List[Callable[[], None]] = []
+
+
 def save_checkpoint(run_dir: Path, state: Dict[str, Any]) -> Path:
+    """Writes the checkpoint atomically; raises `RunWriteError` (the previous checkpoint intact) when it cannot."""
+    for hook in list(BEFORE_CHECKPOINT):
+        hook()
     path = run_dir / CHECKPOINT_FILE
-    atomic_write_bytes(path, lambda f: torch.save({'format': CHECKPOINT_FORMAT, **state}, f))
+    # Serialised in memory first: torch.save into a file turns the OSError of a full disk into a RuntimeError
+    # of its zip writer ("unexpected pos ..."), losing what went wrong
+    buffer = io.BytesIO()
+    torch.save({'format': CHECKPOINT_FORMAT, **state}, buffer)
+    try:
+        atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+    except OSError as e:
+        raise RunWriteError(path, e) from None
     return path
+
+
+def append_line(path: Path, text: str, sync: bool = False) -> None:
+    """Appends `text` (one line) to `path` whole or not at all: on a failed write the file is cut back to its
+    previous length, so the next append does not continue a half line. Raises `RunWriteError`."""
+    data = (text.rstrip('\n') + '\n').encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunWriteError(path, e) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise RunWriteError(path, e) from None
+    finally:
+        os.close(fd)
+
+
+class LogGuard:
+    """
+    Makes labml's file writer (`log.jsonl`) write in the training's own thread, through `append_line`.
+
+    labml 0.5.3 hands each flush to a background thread that opens the file in append mode: a full disk kills
+    that thread with a traceback, training carries on, later values are silently dropped, and a half-written
+    line can be left in the file. Here a failed write raises `RunWriteError` in the training loop (at its
+    `tracker.save()`), and the file keeps whole lines only. `flush(sync=True)` runs before every checkpoint.
+    After the run, `error` holds a write that failed at labml's final flush (the run itself had finished).
+    """
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.error: Optional[RunWriteError] = None
+        self.failed = False
+        writer.flush = self.flush
+        writer.finish = self.finish
+
+    def flush(self, sync: bool = False) -> None:
+        data, self.writer.indicators = self.writer.indicators, {}
+        if self.failed or not data:  # after a failure: dropped (the run is stopping), never half-written
+            return
+        try:
+            append_line(Path(self.writer.file_path), json.dumps({'track': data, 'time': time.time()}), sync=sync)
+        except RunWriteError as e:
+            self.failed, self.error = True, self.error or e
+            raise
+
+    def flush_synced(self) -> None:
+        self.flush(sync=True)
+
+    def finish(self) -> None:
+        try:
+            self.flush(sync=True)
+        except RunWriteError:
+            pass  # kept in self.error: labml calls this while finishing the run, where raising helps nobody
+
+    @classmethod
+    def install(cls) -> Optional['LogGuard']:
+        """Guards the file writer of labml's tracker (after `experiment.start()`); None when there is none."""
+        from labml.internal.tracker import tracker_singleton
+        from labml.internal.tracker.writers.file import Writer as FileWriter
+        for w in tracker_singleton()._Tracker__writers:
+            if isinstance(w, FileWriter):
+                return cls(w)
+        return None
+
 
 
 def load_checkpoint(run_dir: Path, map_location='cpu') -> Dict[str, Any]:
@@ -76,7 +205,10 @@ def load_checkpoint(run_dir: Path, map_location='cpu') -> Dict[str, Any]:
 def save_values(run_dir: Path, values: Dict[str, Any]) -> None:
     """The exact configuration values a run was started with (preset + overrides), for resume and evaluate."""
     text = json.dumps(values, indent=2, sort_keys=True)
-    atomic_write_bytes(run_dir / VALUES_FILE, lambda f: f.write(text.encode()))
+    try:
+        atomic_write_bytes(run_dir / VALUES_FILE, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise RunWriteError(run_dir / VALUES_FILE, e) from None
 
 
 def load_values(run_dir: Path) -> Dict[str, Any]:
@@ -89,16 +221,31 @@ def load_values(run_dir: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt") from None
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f'... ({len(text):,} characters)'
+
+
 def find_run(run: str, experiments_path: Path, experiment_name: Optional[str] = None) -> Path:
-    """The folder of `run`: a path to a run folder, or a run uuid under `experiments_path`."""
-    candidate = Path(run).expanduser()
-    if candidate.is_dir() and (candidate / VALUES_FILE).exists():
-        return candidate.resolve()
+    """The folder of `run`: a path to a run folder, or a run uuid under `experiments_path`.
+    Raises `CheckpointError` for anything else (including names no file system accepts)."""
+    try:
+        candidate = Path(run).expanduser()
+        if candidate.is_dir() and (candidate / VALUES_FILE).exists():
+            return candidate.resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # ~unknown_user, a name too long, a NUL byte
+        if '/' in run or os.sep in run or not isinstance(e, OSError):
+            raise CheckpointError(f"{_short(run)} is not a run folder of this app "
+                                  f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
     if '/' in run or os.sep in run:
         raise CheckpointError(f"{run} is not a run folder of this app")
-    names = [experiment_name] if experiment_name else sorted(p.name for p in experiments_path.glob('*') if p.is_dir())
-    matches = [experiments_path / n / run for n in names if (experiments_path / n / run).is_dir()]
+    where = f"{experiments_path}/{experiment_name or '*'}/"
+    try:
+        names = [experiment_name] if experiment_name else sorted(p.name for p in experiments_path.glob('*')
+                                                                 if p.is_dir())
+        matches = [experiments_path / n / run for n in names if (experiments_path / n / run).is_dir()]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"no run with uuid {_short(run)} under {where} "
+                              f"({getattr(e, 'strerror', None) or e})") from None
     if not matches:
-        where = f"{experiments_path}/{experiment_name or '*'}/"
-        raise CheckpointError(f"no run with uuid {run!r} under {where}")
+        raise CheckpointError(f"no run with uuid {_short(run)} under {where}")
     return matches[0].resolve()

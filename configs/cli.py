@@ -10,21 +10,35 @@ of it (in the spirit of nanoGPT's configurator):
 * values are parsed as Python literals (`3e-4`, `[(0, 0.), (1, 1.)]`, `True`), falling back to the
   raw string, then checked against the key's declared type;
 * option keys (`loss_func`, `optimizer.optimizer`, ...) accept only their registered names;
-* ranges are checked (`epochs >= 1`, `0 <= dropout < 1`, ...);
+* ranges are checked (`epochs >= 1`, `0 <= dropout < 1`, ...), and counts have upper bounds
+  (`UPPER_BOUNDS`: `epochs <= 10,000`, batch sizes <= 65,536, ...; `train_batch_size` also at most the
+  training set, checked by `configs.runner.prepare` once the data is loaded);
+* NaN and infinities (`nan`, `-inf`, `1e999`) are refused for every number, and so are integers beyond a
+  C long and floats too large to be an exact integer (`epochs=1e100`);
 * every override is printed;
 * any mistake raises `UsageError` before anything is written (the entry point prints it as one line on
   stderr and exits with code 2).
 """
 import ast
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, get_origin
+from typing import Any, Callable, Dict, List, Optional, Tuple, get_args, get_origin
 
 from labml_nn.optimizers.configs import OptimizerConfigs
 
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters escaped (`\\n`, `\\x00`, `\\udcff`), so
+    that it prints as one line on any terminal or stream encoding."""
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class UsageError(ValueError):
     """A bad command line; the message is shown as one line, and the program exits with code 2."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 @dataclass
@@ -56,6 +70,11 @@ def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
 def at_least_one(v): return None if v >= 1 else 'must be >= 1'
 
 
+def between(lo, hi):
+    """A check for a count in `[lo, hi]` (families bound their own counts: members, samples, voters)."""
+    return lambda v: None if lo <= v <= hi else f'must be in [{lo:,}, {hi:,}]'
+
+
 def _betas(v):
     if len(v) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v):
         return 'must be two numbers in [0, 1), e.g. (0.9, 0.999)'
@@ -76,6 +95,19 @@ def _device(v):
         return str(e).split(': ', 1)[-1] if str(e).startswith('device=') else f'is not a device ({e})'
 
 
+#: The largest integer any key accepts (a C long: seeds and counts reach torch as one)
+INT_LIMIT = 2 ** 63 - 1
+
+#: Upper bounds of counts, for every family that has the key (a family's own checks cannot widen them).
+#: Sensible, not tight: far above any run this app makes, low enough that a typo (`epochs=1e100`) is refused.
+UPPER_BOUNDS: Dict[str, int] = {
+    'epochs': 10_000,
+    'train_batch_size': 65_536,  # and at most the training set (checked once the data is loaded)
+    'valid_batch_size': 65_536,  # a larger one than the set is harmless: the last batch is just shorter
+    'log_interval': 100_000,
+    'optimizer.warmup': 10 ** 9,
+}
+
 # Range checks of the keys every family has: key -> function returning an error text (or None when the
 # value is fine). Each family adds its own (`Family.checks`).
 CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
@@ -83,7 +115,7 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
     'train_batch_size': positive,
     'valid_batch_size': positive,
     'log_interval': positive,
-    'seed': non_negative,
+    'seed': lambda v: None if 0 <= v < 2 ** 63 else 'must be in [0, 2**63)',
     'holdout': _holdout,
     'lr_schedule': lambda v: None if v in ('constant', 'cosine', 'cosine_epochs') else
     'must be constant, cosine or cosine_epochs',
@@ -129,51 +161,123 @@ def parse_literal(raw: str) -> Any:
     """`'3e-4'` → `0.0003`, `'[(0, 0.), (1, 1.)]'` → a list, anything else → the raw string."""
     try:
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except Exception:  # noqa: BLE001 - ValueError, SyntaxError, TypeError ({[1]: 2}), MemoryError, RecursionError...
         return raw
 
 
 def _type_name(t) -> str:
+    if get_args(t):
+        return str(t).replace('typing.', '')
     return getattr(t, '__name__', str(t).replace('typing.', ''))
 
 
-def coerce(f: Field, raw: Any) -> Any:
-    """Converts `raw` (a string from the command line, or a Python value from a preset) to `f`'s type."""
-    value = parse_literal(raw) if isinstance(raw, str) else raw
-    if f.is_option:
-        if not isinstance(raw, str) or raw not in f.options:
-            raise UsageError(f"{f.key}={raw}: unknown option; valid: {', '.join(f.options)}")
-        return raw
-    t = get_origin(f.type) or f.type
+class _Refused(Exception):
+    """A value that has the right type but cannot be used (non-finite, too large); carries the reason."""
+
+
+def _convert(tp, value):
+    """`value` as type `tp` (a plain type or `List[...]` / `Tuple[...]`), or None when it is not one.
+    Raises `_Refused` for numbers of the right type that no key can use (NaN, inf, beyond `INT_LIMIT`)."""
+    t = get_origin(tp) or tp
     if t is bool:
         if isinstance(value, str) and value.lower() in ('true', 'false'):
             return value.lower() == 'true'
-        if isinstance(value, bool):
-            return value
-    elif t is int:
+        return value if isinstance(value, bool) else None
+    if t is int:
+        if isinstance(value, float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _Refused(f'must be a finite whole number, got {value!r}')
+            if not value.is_integer():
+                return None
+            if abs(value) > 2 ** 53:  # beyond this a float is not an exact whole number any more
+                raise _Refused(f'is too large ({value:g})')
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_LIMIT:
+                raise _Refused(f'is too large (at most {INT_LIMIT})')
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif t is str:
-        return raw if isinstance(raw, str) else str(raw)
-    elif t in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            return t(value)
-    else:
+        return None
+    if t is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        try:
+            value = float(value)
+        except OverflowError:
+            raise _Refused('is too large for a float') from None
+        if not math.isfinite(value):
+            raise _Refused(f'must be a finite number, got {value!r} (NaN and infinities are refused)')
         return value
-    raise UsageError(f"{f.key}={raw}: expected {_type_name(f.type)}, got {type(value).__name__}")
+    if t is str:
+        return value if isinstance(value, str) else None
+    if t in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return None
+        args = get_args(tp)
+        if t is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _Refused(f'must have {len(args)} elements, got {len(value)}')
+            items = [_convert(a, v) for a, v in zip(args, value)]
+        elif args:
+            items = [_convert(args[0], v) for v in value]
+        else:
+            items = list(value)
+        if any(i is None for i in items):
+            return None
+        return t(items)
+    return value
+
+
+def _shown(raw: Any, limit: int = 80) -> str:
+    """`raw` as it appears in a message: a command-line string as given, anything else as its repr;
+    cut at `limit` characters."""
+    text = raw if isinstance(raw, str) else repr(raw)
+    return text if len(text) <= limit else text[:limit] + f'... ({len(text):,} characters)'
+
+
+
+def coerce(f: Field, raw: Any) -> Any:
+    """Converts `raw` (a string from the command line, or a Python value from a preset) to `f`'s type.
+    Raises `UsageError` for a value of another type, and for numbers no key can use: NaN, infinities
+    (`nan`, `inf`, `1e999`), integers beyond `INT_LIMIT`, floats too large for an exact integer."""
+    value = parse_literal(raw) if isinstance(raw, str) else raw
+    if f.is_option:
+        if not isinstance(raw, str) or raw not in f.options:
+            raise UsageError(f"{f.key}={_shown(raw)}: unknown option; valid: {', '.join(f.options)}")
+        return raw
+    t = get_origin(f.type) or f.type
+    if t is str:
+        text = raw if isinstance(raw, str) else str(raw)
+        if '\x00' in text:
+            raise UsageError(f"{f.key}={_shown(raw)}: must not contain a NUL character")
+        return text
+    if isinstance(value, str) and t in (int, float) and value.strip().lower().lstrip('+-') in (
+            'nan', 'inf', 'infinity'):
+        raise UsageError(f"{f.key}={_shown(raw)}: must be a finite number (NaN and infinities are refused)")
+    if t not in (bool, int, float, list, tuple):
+        return value
+    try:
+        converted = _convert(f.type, value)
+    except _Refused as e:
+        raise UsageError(f"{f.key}={_shown(raw)}: {e}") from None
+    except RecursionError:  # a literal nested deeper than any type here
+        converted = None
+    if converted is None:
+        raise UsageError(f"{f.key}={_shown(raw)}: expected {_type_name(f.type)}, got {type(value).__name__}")
+    return converted
 
 
 def check(key: str, value: Any, checks: Optional[Dict[str, Callable[[Any], Optional[str]]]] = None) -> None:
     """Raises `UsageError` when `checks` (default: the shared `CHECKS`) find a problem with `value`."""
     fn = (CHECKS if checks is None else checks).get(key)
-    problem = fn(value) if fn else None
+    try:
+        problem = fn(value) if fn else None
+    except Exception as e:  # noqa: BLE001 - a check that cannot even judge the value refuses it
+        problem = f'not a valid value ({type(e).__name__}: {e})'
+    bound = UPPER_BOUNDS.get(key)
+    if not problem and bound is not None and isinstance(value, (int, float)) and value > bound:
+        problem = f'must be at most {bound:,}'
     if problem:
-        raise UsageError(f"{key}={value!r}: {problem}")
+        raise UsageError(f"{key}={_shown(repr(value))}: {problem}")
 
 
 def parse_argv(argv: List[str]) -> Tuple[Optional[str], Dict[str, str], bool]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import at_least_one
+from configs.cli import between
 from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
@@ -79,7 +79,7 @@ FAMILY = Family(
     description='deep ensemble: M LeNets trained together (a Packed-Ensemble with alpha = M, gamma = 1), softmaxes averaged',
     defaults={**SOFTMAX_DEFAULTS, 'model': 'lenet_ensemble', 'ensemble_size': 5},
     presets=baseline_presets(EVIDENCE_PRESETS, ensemble_size=3),
-    checks={**LENET_CHECKS, 'ensemble_size': at_least_one},
+    checks={**LENET_CHECKS, 'ensemble_size': between(1, 100)},
     label_keys=lambda values: ['ensemble_size'],
     label_names={'ensemble_size': 'M'},
     capabilities=Capabilities(samples=True),

@@ -7,7 +7,7 @@ information (`evidential.prediction.sampled_prediction`).
 """
 import torch
 
-from configs.cli import at_least_one
+from configs.cli import between
 from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, baseline_presets
 from configs.registry import Capabilities, Family
@@ -41,7 +41,7 @@ FAMILY = Family(
     description='MC dropout: the softmax LeNet with dropout kept on at test time, T passes averaged',
     defaults={**SOFTMAX_DEFAULTS, 'mc_samples': 20},
     presets=baseline_presets(EVIDENCE_PRESETS, mc_samples=4),
-    checks={**LENET_CHECKS, 'mc_samples': at_least_one},
+    checks={**LENET_CHECKS, 'mc_samples': between(1, 1000)},
     label_keys=lambda values: ['mc_samples', 'dropout'],
     label_names={'mc_samples': 'T'},
     capabilities=Capabilities(samples=True),

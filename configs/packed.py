@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import Preset, at_least_one, positive
+from configs.cli import Preset, between, positive
 from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
@@ -108,7 +108,8 @@ FAMILY = Family(
     description='Packed-Ensembles (Laurent et al., 2023): M members packed into one grouped network',
     defaults=DEFAULTS,
     presets=PRESETS,
-    checks={**LENET_CHECKS, 'alpha': positive, 'num_estimators': at_least_one, 'gamma': at_least_one},
+    checks={**LENET_CHECKS, 'alpha': between(0.01, 100), 'num_estimators': between(1, 100),
+            'gamma': between(1, 64)},
     label_keys=lambda values: ['model', 'alpha', 'num_estimators', 'gamma'],
     label_names={'alpha': 'α', 'num_estimators': 'M', 'gamma': 'γ'},
     capabilities=Capabilities(samples=True),

@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from labml import experiment, lab
 
 from configs import registry
-from configs.checkpoint import CheckpointError, find_run, load_checkpoint, load_values, save_values
-from configs.cli import UsageError, resolve
+from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, RunWriteError, find_run, \
+    first_write_error, load_checkpoint, load_values, save_values
+from configs.cli import UsageError, check, resolve
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
 # Keys that may differ when a run is resumed (everything else is taken from the run)
@@ -121,6 +122,11 @@ def prepare(family: registry.Family, argv: List[str],
     experiment.configs(conf, dict(values))
     # Build everything that can fail on bad input before the run folder exists
     _ = conf.dataset, conf.model, conf.optimizer
+    n_train = len(conf.dataset.train)
+    if conf.train_batch_size > n_train:  # an error, not a silent clamp: the batch size is part of the recipe
+        raise UsageError(f"train_batch_size={conf.train_batch_size} is larger than the training set ({n_train} images"
+                         f"{' after the holdout' if conf.dataset.valid_source == 'holdout' else ''}); "
+                         f"use at most {n_train}")
     if resume_state is not None:
         from torch import Generator
         conf.restore(resume_state, Generator())  # checks the architecture early; run() restores again
@@ -134,11 +140,15 @@ def run_folder(prepared: Prepared) -> Path:
 
 def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
     """Starts the labml run and trains; returns the run folder and the final test metrics.
-    Raises `TrainingStopped` or `Interrupted` (their `run_dir` says which run)."""
+    Raises `TrainingStopped`, `Interrupted` or `RunWriteError` (a file of the run could not be written: disk
+    full, I/O error; the last complete checkpoint is kept); their `run_dir` says which run."""
     run_dir = run_folder(prepared)
-    interrupted = None
+    interrupted, guard = None, None
     try:
         with experiment.start():
+            guard = LogGuard.install()  # log.jsonl: written in this thread, whole lines, before each checkpoint
+            if guard is not None:
+                BEFORE_CHECKPOINT.append(guard.flush_synced)
             save_values(run_dir, prepared.values)
             try:
                 final = prepared.conf.run(run_dir, prepared.resume_state)
@@ -146,10 +156,26 @@ def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
                 # labml marks a run 'interrupted' only for a plain KeyboardInterrupt
                 interrupted = e
                 raise KeyboardInterrupt from e
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        failed = first_write_error(e, run_dir)  # Ctrl-C, then saving the interrupted state failed
+        if failed is not None:
+            failed.run_dir = run_dir
+            raise failed from None
         if interrupted is None:
             interrupted = Interrupted(signal.SIGINT, run_dir)
         raise interrupted from None
+    except Exception as e:
+        failed = first_write_error(e, run_dir)
+        if failed is None:
+            raise
+        failed.run_dir = run_dir
+        raise failed from None
+    finally:
+        if guard is not None and guard.flush_synced in BEFORE_CHECKPOINT:
+            BEFORE_CHECKPOINT.remove(guard.flush_synced)
+    if guard is not None and guard.error is not None:  # labml's last flush, after the final checkpoint
+        guard.error.run_dir = run_dir
+        raise guard.error
     return run_dir, final
 
 
@@ -174,6 +200,7 @@ def load_trained(run: str, *, data_dir: Optional[str] = None, device: Optional[s
     if data_dir is not None:
         values['data_dir'] = data_dir
     if device is not None:
+        check('device', device)  # UsageError, not torch's RuntimeError, for a device name that is not one
         values['device'] = device
     values['resume'] = ''
     values['dashboard'] = ''

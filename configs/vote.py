@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import Preset, at_least_one
+from configs.cli import Preset, between
 from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
@@ -103,7 +103,7 @@ FAMILY = Family(
     description="vote wrapper (capsa's idea, BatchEnsemble voters): n voters sharing one body's weights",
     defaults=DEFAULTS,
     presets=PRESETS,
-    checks={**LENET_CHECKS, 'n_voters': at_least_one},
+    checks={**LENET_CHECKS, 'n_voters': between(1, 256)},
     label_keys=lambda values: ['model', 'n_voters'],
     label_names={'n_voters': 'M'},
     capabilities=Capabilities(samples=True),

@@ -73,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from configs.cli import UsageError
     from evidential.data import DataError
     from experiments.evaluation.core import evaluate
-    from experiments.evaluation.output import format_table
+    from experiments.evaluation.output import EvaluateWriteError, format_table
     try:
         run_dir, results = evaluate(args.run, ood_files=args.ood_file, data_dir=args.data_dir, device=args.device,
                            fgsm_samples=args.fgsm_samples, split=args.split, started=started)
@@ -82,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if 'files not found' in str(e) else '')
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
+    except EvaluateWriteError as e:  # disk full, I/O error: nothing half-written is left
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except (EvaluateError, UsageError, CheckpointError, ValueError) as e:  # ValueError: e.g. no CUDA for --device cuda
         print(f"error: {e}", file=sys.stderr)
         return 2

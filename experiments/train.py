@@ -7,7 +7,9 @@
 `python -m experiments.evidence_mnist ...` is the same as `python -m experiments.train evidence_mnist ...`
 (each family's entry point is `entry_point(NAME)`). Exit codes: 0 done (or `--help`), 2 a bad command line,
 run, checkpoint or data folder (one line on stderr, nothing written), 3 training stopped on non-finite
-numbers (the last good checkpoint is kept), 130 / 143 interrupted by Ctrl-C / SIGTERM (with how to resume).
+numbers (the last good checkpoint is kept), 4 a file of the run could not be written (disk full, I/O error: the
+message names the file; the last complete checkpoint is kept and `resume=` continues from it once the disk has
+room), 130 / 143 interrupted by Ctrl-C / SIGTERM (with how to resume).
 """
 import sys
 from typing import Callable, List, Optional
@@ -29,7 +31,7 @@ def _writers(values) -> set:
 
 def main(family_name: str, argv: Optional[List[str]] = None) -> int:
     """Trains a run of `family_name` from the command line `argv`; returns the exit code."""
-    from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+    from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, RunWriteError, load_checkpoint
     from configs.cli import UsageError
     from configs.experiment import Interrupted, TrainingStopped
     from configs.runner import prepare, train
@@ -40,6 +42,9 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
         prepared = prepare(family, argv, _writers)
     except (UsageError, CheckpointError, DataError, ValueError) as e:  # ValueError: e.g. no CUDA for device=cuda
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # reading the data or the run (nothing is written yet): e.g. a name too long
+        print(f"error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 2
     if prepared is None:
         return 0  # --help
@@ -54,6 +59,9 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
                 if (run_dir / CHECKPOINT_FILE).exists() else "no epoch had completed, so there is no checkpoint")
         print(f"\nerror: training stopped: {e}; {kept}", file=sys.stderr)
         return 3
+    except RunWriteError as e:
+        print(f"\nerror: {e}; {_kept(e.run_dir, load_checkpoint, CHECKPOINT_FILE, family)}", file=sys.stderr)
+        return 4
     except Interrupted as e:
         print(f"\ninterrupted by {e.args[0]}: the finished epochs are saved in {e.run_dir}.\n"
               f"Resume with: python -m {family.prog} resume={e.run_dir.name}", file=sys.stderr)
@@ -62,6 +70,22 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
           f"run folder: {run_dir}\n"
           f"evaluate:   python -m experiments.evaluate {run_dir.name}")
     return 0
+
+
+def _kept(run_dir, load_checkpoint, checkpoint_file, family) -> str:
+    """What a run stopped by a failed write still has, and how to continue it."""
+    try:
+        state = load_checkpoint(run_dir) if (run_dir / checkpoint_file).exists() else None
+    except Exception as e:  # noqa: BLE001 - say so, rather than hide the write error behind another one
+        return f"its checkpoint cannot be read either ({e})"
+    if state is None:
+        return (f"no epoch had completed, so there is no checkpoint; free some space in {run_dir.parent} "
+                f"and start the run again")
+    if state['status'] == 'completed':
+        return (f"training had finished (checkpoint of epoch {state['epoch']} complete in {run_dir}), "
+                f"only the last log lines are missing")
+    return (f"the last complete checkpoint (end of epoch {state['epoch']}) is kept in {run_dir}.\n"
+            f"Free some space, then resume with: python -m {family.prog} resume={run_dir.name}")
 
 
 def entry_point(family_name: str) -> Callable[[Optional[List[str]]], int]:

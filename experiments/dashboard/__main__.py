@@ -1,16 +1,22 @@
 """``python -m experiments.dashboard``: start the labml dashboard.
 
-    python -m experiments.dashboard [--host 127.0.0.1] [--port 5005] [--data DIR]
+    python -m experiments.dashboard [--host 127.0.0.1] [--port 5005] [--data DIR] [--token [TOKEN]]
     python -m experiments.dashboard --mongo [HOST[:PORT]]
 
 Open the printed URL in a browser; point runs at it with
 ``python -m experiments.evidence_mnist dashboard=http://127.0.0.1:5005``.
 Exit status: 0 after Ctrl-C / SIGTERM, 2 on a usage or start-up error
 (port in use, data folder locked, MongoDB unreachable).
+
+There is no login. ``--token`` adds a shared secret: runs must send it
+(``dashboard=http://HOST:PORT/?token=TOKEN``, or ``DASHBOARD_TOKEN=TOKEN`` in the run's environment) and
+browsers open ``http://HOST:PORT/?token=TOKEN`` once (it is kept in a cookie). Without a value a random
+token is made and printed.
 """
 
 import argparse
 import ipaddress
+import secrets
 import signal
 import socket
 import sys
@@ -36,10 +42,21 @@ def _parse_args(argv):
     p.add_argument('--mongo', nargs='?', const='localhost:27017', default=None, metavar='HOST[:PORT]',
                    help="use labml-app's native MongoDB storage instead of the file store "
                         '(default address: localhost:27017)')
+    p.add_argument('--token', nargs='?', const='', default=None, metavar='TOKEN',
+                   help='accept only runs and browsers that send this shared secret (without a value: a random '
+                        'one, printed); runs: dashboard=http://HOST:PORT/?token=TOKEN or DASHBOARD_TOKEN=TOKEN')
+    p.add_argument('--max-body-mb', type=float, default=16.0, metavar='MB',
+                   help='largest request body accepted, in MiB (default 16; larger ones get 413)')
     p.add_argument('--access-log', action='store_true', help='log every HTTP request')
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f'--port must be in 0..65535, got {args.port}')
+    if not 0 < args.max_body_mb <= 1024:
+        p.error(f'--max-body-mb must be in (0, 1024], got {args.max_body_mb}')
+    if args.token == '':
+        args.token = secrets.token_urlsafe(18)
+    if args.token is not None and not all(c.isalnum() or c in '-_.~' for c in args.token):
+        p.error('--token may hold only letters, digits and - _ . ~ (it travels in URLs)')
     return args
 
 
@@ -83,6 +100,18 @@ def _is_loopback(host: str) -> bool:
         return host == 'localhost'
 
 
+def host_warning(host: str, token) -> str:
+    """The warning printed for a dashboard listening beyond this machine ('' on loopback)."""
+    if _is_loopback(host):
+        return ''
+    if token is None:
+        return (f'dashboard: warning: listening on {host} without --token: there is no login, so anyone who can '
+                f'reach this port can read, change and delete runs, and send fake ones; use --token on a shared '
+                f'network')
+    return (f'dashboard: warning: listening on {host}: only runs and browsers with the token get in, but it '
+            f'travels in plain HTTP (no TLS): use it on a network you trust')
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
     sock = _bind(args.host, args.port)
@@ -95,7 +124,7 @@ def main(argv=None) -> int:
             store = storage.init_mongo_store(args.mongo)
         else:
             store = str(storage.init_file_store(args.data))
-        app = server.create_app(store)
+        app = server.create_app(store, token=args.token, max_body=int(args.max_body_mb * 1024 * 1024))
     except storage.StoreError as e:
         sock.close()
         _fail(str(e))
@@ -103,15 +132,18 @@ def main(argv=None) -> int:
     import uvicorn
     url_host = f'[{host}]' if ':' in host else host
     banner = f'labml dashboard: http://{url_host}:{port}  (store: {store})'
+    if args.token is not None:
+        banner += (f'\n  token required: open http://{url_host}:{port}/?token={args.token} ; '
+                   f'runs: dashboard=http://{url_host}:{port}/?token={args.token} (or DASHBOARD_TOKEN={args.token})')
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets)
             print(banner, flush=True)  # printed once the server accepts requests
 
-    if not _is_loopback(args.host):
-        print(f'dashboard: warning: listening on {args.host}; anyone who can reach this port can '
-              f'read and delete runs (there is no login)', file=sys.stderr, flush=True)
+    warning = host_warning(args.host, args.token)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level='warning', access_log=args.access_log,
                             timeout_graceful_shutdown=3)
     _Server(config).run(sockets=[sock])

@@ -17,9 +17,15 @@ What it changes in labml 0.5.3 (only after the dashboard answered):
   dashboard that dies mid-run keeps the process alive for minutes (forever, in
   fact) after training ends. The replacement retries while the run is live, but
   at exit gives the last updates at most :data:`EXIT_FLUSH_S` seconds.
+
+A dashboard started with ``--token`` accepts only runs that send its token: in the URL
+(``dashboard=http://HOST:PORT/?token=TOKEN``, or the labml form ``http://HOST:PORT/api/v1/TOKEN``) or,
+keeping it out of the command line and of the run's saved configuration, in the environment variable
+:data:`TOKEN_ENV`. The token goes where labml puts its project token: the update path ``/api/v1/TOKEN/track``.
 """
 
 import atexit
+import json
 import os
 import sys
 import time
@@ -35,8 +41,14 @@ HEALTH_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 10.0
 """Per-update HTTP timeout (labml uses 120 s; the dashboard answers in about 1 s)."""
 EXIT_FLUSH_S = 3.0
-"""At most this long is spent at process exit sending the last updates."""
+"""At process exit the last updates get this long without progress (no update answered), plus the delay the
+dashboard said it holds each answer for (``throttle_s``: longer while many runs report)..."""
+EXIT_FLUSH_MAX_S = 20.0
+"""... and at most this long in all, while a busy dashboard keeps answering."""
 MAX_BACKOFF_S = 30.0
+
+TOKEN_ENV = 'DASHBOARD_TOKEN'
+"""Environment variable holding the token of a dashboard started with ``--token``."""
 
 TRACK_PATH = '/api/v1/default/'
 """Run-update path labml's client appends ``track?...`` to. labml-app reads the
@@ -67,22 +79,52 @@ def resolve_url(url: Optional[str]) -> Optional[str]:
         return None
 
 
-def split_url(url: str):
-    """``'http://h:p'`` or ``'http://h:p/api/v1/TOKEN/'`` -> ``(root, app_url)``.
+def split_url(url: str, token: Optional[str] = None):
+    """``'http://h:p'``, ``'http://h:p/?token=T'`` or ``'http://h:p/api/v1/TOKEN/'`` -> ``(root, app_url)``.
 
-    ``root`` is the dashboard page; ``app_url`` is what labml's ``app_url`` expects.
-    A missing scheme means ``http://``. Raises ``ValueError`` on anything else.
+    ``root`` is the dashboard page; ``app_url`` is what labml's ``app_url`` expects. A missing scheme means
+    ``http://``. ``token`` (default: ``$DASHBOARD_TOKEN``) is used when the URL carries none.
+    Raises ``ValueError`` on anything else.
     """
     if '://' not in url:
         url = 'http://' + url
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ('http', 'https') or not parts.hostname or parts.query:
-        raise ValueError(f'not a dashboard URL: {url!r} (expected http://HOST:PORT)')
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    if parts.scheme not in ('http', 'https') or not parts.hostname or set(query) - {'token'}:
+        raise ValueError(f'not a dashboard URL: {url!r} (expected http://HOST:PORT or http://HOST:PORT/?token=TOKEN)')
     root = f'{parts.scheme}://{parts.netloc}/'
-    path = parts.path if '/api/' in parts.path else TRACK_PATH
+    url_token = (query.get('token') or [''])[0]
+    if '/api/' in parts.path:
+        path = parts.path
+    else:
+        token = url_token or (os.environ.get(TOKEN_ENV, '').strip() if token is None else token)
+        path = f'/api/v1/{urllib.parse.quote(token, safe="")}/' if token else TRACK_PATH
     if not path.endswith('/'):
         path += '/'
     return root, root.rstrip('/') + path
+
+
+def _url_token(app_url: str) -> str:
+    """The token in an ``app_url`` (``.../api/v1/TOKEN/``); ``default`` means none."""
+    token = app_url.rstrip('/').rsplit('/', 1)[-1]
+    return '' if token == 'default' else urllib.parse.unquote(token)
+
+
+def health(root: str, token: str = '', timeout: float = HEALTH_TIMEOUT_S) -> Optional[dict]:
+    """The dashboard's ``/api/dashboard/health`` answer (``{}`` from a server without one), None when nothing
+    answers at ``root`` within ``timeout`` seconds."""
+    query = '?' + urllib.parse.urlencode({'token': token}) if token else ''
+    try:
+        with urllib.request.urlopen(root + 'api/dashboard/health' + query, timeout=timeout) as r:
+            try:
+                answer = json.loads(r.read())
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+    except urllib.error.HTTPError:
+        return {}  # a stock `labml app-server` has no health endpoint
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def is_up(root: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
@@ -91,14 +133,7 @@ def is_up(root: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
     Any HTTP answer counts (a stock ``labml app-server`` has no health endpoint);
     a refused connection or a timeout does not.
     """
-    try:
-        with urllib.request.urlopen(root + 'api/dashboard/health', timeout=timeout) as r:
-            r.read()
-        return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return health(root, timeout=timeout) is not None
 
 
 def attach(url: Optional[str]) -> bool:
@@ -120,8 +155,15 @@ def attach(url: Optional[str]) -> bool:
     except ValueError as e:
         _warn(f'{e}; continuing with local logs only')
         return False
-    if not is_up(root):
+    token = _url_token(app_url)
+    answer = health(root, token)
+    if answer is None:
         _warn(f'dashboard at {root} is unreachable; the run continues with local logs only')
+        return False
+    if answer.get('token_required') and not answer.get('token_ok'):
+        _warn(f'dashboard at {root} ' + ('refused the token given' if token else 'needs its token (it runs with '
+              f'--token): pass dashboard={root}?token=TOKEN or set {TOKEN_ENV}') +
+              '; the run continues with local logs only')
         return False
 
     from labml.internal.lab import lab_singleton
@@ -157,6 +199,8 @@ class BoundedAppTrackThread(_LabmlAppTrackThread):
         self._disabled = False
         self._warned = False
         self._unsent = 0
+        self._last_answer = time.monotonic()
+        self._throttle_s = 0.0
         atexit.register(self._flush_at_exit)
 
     # -- labml interface ---------------------------------------------------------
@@ -212,10 +256,26 @@ class BoundedAppTrackThread(_LabmlAppTrackThread):
                   f'for this run, the local logs are complete')
             return str(e)
         except urllib.error.HTTPError as e:
-            return f'dashboard answered HTTP {e.code} to a run update'
+            reason = _error_reason(e)
+            if 400 <= e.code < 500 and e.code not in (408, 429):
+                # the update itself is refused: sending it again cannot help
+                if e.code in (401, 403):
+                    self._disabled = True
+                    _warn(f'the dashboard refused this run (HTTP {e.code}{reason}); no more updates are sent, '
+                          f'the local logs are complete')
+                else:
+                    _warn(f'the dashboard refused an update (HTTP {e.code}{reason}); it is dropped, the local '
+                          f'logs are complete')
+                self._unsent += len(packets)
+                return None
+            return f'dashboard answered HTTP {e.code} to a run update{reason}'
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, 'reason', e)
             return f'dashboard unreachable at {self.url.split("/api/")[0]} ({reason})'
+        self._last_answer = time.monotonic()
+        hint = response.get('throttle_s') if isinstance(response, dict) else None
+        if isinstance(hint, (int, float)) and 0 <= hint <= 60:
+            self._throttle_s = float(hint)
         for h in self.handlers:
             if h.handle(response):
                 break
@@ -226,10 +286,25 @@ class BoundedAppTrackThread(_LabmlAppTrackThread):
             return
         if not self.is_stopped:
             self.stop()
-        self.join(EXIT_FLUSH_S)
+        started = time.monotonic()
+        self._last_answer = max(self._last_answer, started)
+        while self.is_alive():
+            now = time.monotonic()
+            if now - self._last_answer > EXIT_FLUSH_S + self._throttle_s or now - started > EXIT_FLUSH_MAX_S:
+                break
+            self.join(0.1)
         if self.is_alive():
-            _warn(f'gave up sending the last updates to the dashboard after {EXIT_FLUSH_S:.0f} s; '
+            _warn(f'gave up sending the last updates to the dashboard after {time.monotonic() - started:.0f} s; '
                   f'the local logs are complete')
+
+
+def _error_reason(e) -> str:
+    """``': <reason>'`` from a JSON error answer of the dashboard, or ''."""
+    try:
+        reason = json.loads(e.read()).get('error', '')
+    except Exception:  # noqa: BLE001 - no body, not JSON
+        return ''
+    return f': {str(reason)[:200]}' if reason else ''
 
 
 class _Wakeup:

@@ -82,6 +82,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             log(f"note: {note}")
 
         # ---- write (an earlier results file goes first: it must never sit beside other predictions)
+        writing_since = time.time() - 1  # outputs modified since then are this evaluation's (1 s: mtime granularity)
         (run_dir / results_file).unlink(missing_ok=True)
         npz = {f'id/{k}': v for k, v in id_arrays.items()}
         npz['id/labels'] = labels.astype(np.int64)
@@ -89,9 +90,12 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             npz['id/evidence'] = test_evidence.detach().float().cpu().numpy()
         for name, arrays in ood_arrays.items():
             npz.update({f'{name}/{k}': v for k, v in arrays.items()})
-        save_npz(run_dir / predictions_file, npz)
-        written, figure_notes = ({}, []) if selecting else write_figures(
-            run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps, test_evidence)
+        try:
+            save_npz(run_dir / predictions_file, npz)
+            written, figure_notes = ({}, []) if selecting else write_figures(
+                run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps, test_evidence)
+        except OSError as e:
+            raise _write_failed(run_dir, e, writing_since, predictions_file) from None
         for note in figure_notes:
             log(f"note: {note}")
     finally:
@@ -129,5 +133,28 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             print(f"warning: could not append the results to {run_dir / 'log.jsonl'} ({type(e).__name__}: {e})",
                   file=sys.stderr)
     results['seconds'] = round(time.perf_counter() - started, 2)
-    save_json(run_dir / results_file, results)
+    try:
+        save_json(run_dir / results_file, results)
+    except OSError as e:
+        raise _write_failed(run_dir, e, writing_since, predictions_file) from None
     return run_dir, results
+
+
+def _write_failed(run_dir: Path, error: OSError, since: float, predictions_file: str):
+    """The `EvaluateWriteError` for a failed write; first removes what this evaluation wrote (figures, predictions),
+    so that the run folder holds no part of an evaluation without its results file."""
+    import errno as errno_module
+    from experiments.evaluation.output import EvaluateWriteError
+    removed = []
+    for path in [run_dir / predictions_file, *run_dir.glob('eval_*.png')]:
+        try:
+            if path.exists() and path.stat().st_mtime >= since:
+                path.unlink()
+                removed.append(path.name)
+        except OSError:
+            pass
+    code = errno_module.errorcode.get(error.errno, '') if error.errno else ''
+    where = error.filename or run_dir
+    return EvaluateWriteError(
+        f"could not write {where}: {error.strerror or error}{f' ({code})' if code else ''}; the evaluation was not "
+        f"saved (no results file{', partial outputs removed' if removed else ''}); free some space and run it again")

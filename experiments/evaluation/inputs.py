@@ -1,4 +1,5 @@
 """The out-of-distribution sets of an evaluation: `--ood-file` arrays (checked) and the run's default OOD dataset."""
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -16,31 +17,74 @@ def _set_name_ok(name: str) -> bool:
     return bool(re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.\-]*', name))
 
 
+#: The most images one `--ood-file` may hold (784 MB of uint8): more is a mistake, not an OOD set
+MAX_OOD_IMAGES = 1_000_000
+
+
+def _read_header(f, path: Path):
+    """`(shape, fortran_order, dtype)` from a .npy header, without reading (or unpickling) any data."""
+    from numpy.lib import format as npy_format
+    version = npy_format.read_magic(f)
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return npy_format.read_array_header_2_0(f)
+    raise ValueError(f'unsupported .npy format version {version}')
+
+
 def load_ood_file(path: Path) -> np.ndarray:
-    """A `.npy` of `uint8` images `[N, 28, 28]` or `[N, 1, 28, 28]` (white on black, 0–255) → `[N, 28, 28]`."""
-    if not path.is_file():
-        raise EvaluateError(f"--ood-file {path}: " + ("not a regular file" if path.exists() else "no such file"))
+    """A `.npy` of `uint8` images `[N, 28, 28]` or `[N, 1, 28, 28]` (white on black, 0–255) → `[N, 28, 28]`.
+
+    The header is checked before any data is read: dtype, shape, and that the file holds all the bytes the
+    header promises (a truncated file, or a header claiming terabytes, is refused without allocating them).
+    `allow_pickle=False`: an object array is refused, never unpickled."""
+    try:
+        regular = path.is_file()
+        present = regular or path.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise EvaluateError(f"--ood-file {path}: cannot be used ({getattr(e, 'strerror', None) or e})") from None
+    if not regular:
+        raise EvaluateError(f"--ood-file {path}: " + ("not a regular file" if present else "no such file"))
     try:
         with open(path, 'rb') as f:
             magic = f.read(6)
+            if magic != b'\x93NUMPY':
+                raise EvaluateError(f"--ood-file {path}: not a .npy file (save the images with numpy.save)")
+            f.seek(0)
+            try:
+                shape, fortran, dtype = _read_header(f, path)
+            except Exception as e:  # noqa: BLE001 - ValueError (bad header), EOFError (cut inside it), ...
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise EvaluateError(f"--ood-file {path}: not a readable .npy array ({reason})") from None
+            data_offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise EvaluateError(f"--ood-file {path}: cannot be read ({e.strerror or type(e).__name__})") from None
-    if magic != b'\x93NUMPY':
-        raise EvaluateError(f"--ood-file {path}: not a .npy file (save the images with numpy.save)")
+    if dtype.hasobject:
+        raise EvaluateError(f"--ood-file {path}: holds Python objects ({dtype}); only uint8 image arrays are "
+                            f"read, never unpickled")
+    if dtype != np.uint8:
+        raise EvaluateError(f"--ood-file {path}: dtype must be uint8 (pixel values 0-255, white digit on black), "
+                            f"got {dtype}")
+    dims = list(shape)
+    if not (len(dims) == 3 or (len(dims) == 4 and dims[1] == 1)) or dims[-2:] != [28, 28] or dims[0] < 1:
+        raise EvaluateError(f"--ood-file {path}: shape must be [N, 28, 28] or [N, 1, 28, 28] with N >= 1, "
+                            f"got {dims}")
+    if dims[0] > MAX_OOD_IMAGES:
+        raise EvaluateError(f"--ood-file {path}: {dims[0]:,} images; at most {MAX_OOD_IMAGES:,} per file")
+    expected = data_offset + dims[0] * 28 * 28
+    if size < expected:
+        raise EvaluateError(f"--ood-file {path}: truncated: the header promises {dims[0]:,} images "
+                            f"({expected:,} bytes), the file has {size:,} bytes")
     try:
         array = np.load(path, allow_pickle=False)
-    except Exception as e:  # ValueError (object arrays, bad header), EOFError / OSError (truncated), ...
+    except Exception as e:  # noqa: BLE001 - read errors after the checks above (the file changed meanwhile, EIO)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise EvaluateError(f"--ood-file {path}: not a readable .npy array ({reason})") from None
-    if array.dtype != np.uint8:
-        raise EvaluateError(f"--ood-file {path}: dtype must be uint8 (pixel values 0-255, white digit on black), "
-                            f"got {array.dtype}")
-    shape = list(array.shape)
-    if array.ndim == 4 and array.shape[1] == 1:
+    if array.dtype != np.uint8 or list(array.shape) != dims:
+        raise EvaluateError(f"--ood-file {path}: changed while it was read; try again")
+    if array.ndim == 4:
         array = array[:, 0]
-    if array.ndim != 3 or array.shape[1:] != (28, 28) or array.shape[0] < 1:
-        raise EvaluateError(f"--ood-file {path}: shape must be [N, 28, 28] or [N, 1, 28, 28] with N >= 1, "
-                            f"got {shape}")
     return np.ascontiguousarray(array)
 
 

@@ -1,4 +1,5 @@
 """Writing an evaluation's results: JSON and npz files (atomically), labml's log, and the printed table."""
+import io
 import json
 import re
 import sys
@@ -7,7 +8,13 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from configs.checkpoint import atomic_write_bytes
+from configs.checkpoint import LogGuard, atomic_write_bytes
+from experiments.evaluation import EvaluateError
+
+
+class EvaluateWriteError(EvaluateError):
+    """An output of the evaluation could not be written (disk full, I/O error): the message names the file and
+    the reason. No results file is left behind (it is written last, atomically), nor the partial outputs."""
 
 # ---------------------------------------------------------------------- labml log
 
@@ -42,16 +49,20 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
     t = tracker_singleton()
     t.reset_writers()  # no screen writer, no other run's writers
     writer = file_writer.Writer(run_dir / 'log.jsonl')
+    guard = LogGuard(writer)  # written here, in this thread, as whole lines: a full disk cannot cut the log's last line
     t.add_writer(writer)
-    tracker.set_scalar('eval.*', False)
-    tracker.set_global_step(global_step)
-    tracker.add(values)
-    tracker.save()
-    definitions = {k: ind.to_dict() for k, ind in t.indicators.items() if k in values}
-    t.finish_loop()  # flushes the file writer and stops its thread
-    writer.thread.join(timeout=30)
-    t.reset_writers()
-    t.set_global_step(None)  # as a fresh tracker: a later labml run in this process counts from its own start
+    try:
+        tracker.set_scalar('eval.*', False)
+        tracker.set_global_step(global_step)
+        tracker.add(values)
+        tracker.save()
+        definitions = {k: ind.to_dict() for k, ind in t.indicators.items() if k in values}
+        t.finish_loop()  # flushes the file writer
+    finally:
+        t.reset_writers()
+        t.set_global_step(None)  # as a fresh tracker: a later labml run in this process counts from its own start
+    if guard.error is not None:
+        raise guard.error
     _add_indicator_definitions(run_dir / 'indicators.yaml', definitions)
 
 
@@ -74,13 +85,23 @@ def _add_indicator_definitions(path: Path, definitions: Dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------- output
 
+def _write(path: Path, data: bytes) -> None:
+    """Atomically; a failure is an `OSError` naming `path` (a failed write or fsync names no file of its own)."""
+    try:
+        atomic_write_bytes(path, lambda f: f.write(data))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    buffer = io.BytesIO()  # in memory first: a full disk is then an OSError of the write, not of zipfile's
+    np.savez(buffer, **arrays)
+    _write(path, buffer.getvalue())
 
 
 def save_json(path: Path, data: Dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, allow_nan=True) + '\n'
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    _write(path, text.encode())
 
 
 def _fmt(v: Optional[float]) -> str:

@@ -1,0 +1,17 @@
+"""
+The README's headline comparison, over seeds: every registered family with its default settings × seeds 1, 2, 3,
+trained on `../shared/data` (the 10k-image MNIST subset the README's numbers come from), evaluated on the test set.
+
+    python -m experiments.sweep sweeps/compare_all.py --dry-run     # the planned runs
+    python -m experiments.sweep sweeps/compare_all.py --jobs 2      # long: ~2 min per run on 2 CPU cores
+
+`key=value` arguments are added to every run (`data_dir=...`, `dashboard=...`, `epochs=1` to try it quickly).
+"""
+import os
+
+from configs.registry import names
+
+name = 'compare_all'
+split = 'test'
+data_dir = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+runs = [(family, {'data_dir': data_dir, 'seed': [1, 2, 3]}) for family in names()]

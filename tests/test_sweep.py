@@ -1,0 +1,377 @@
+"""`python -m experiments.sweep`: grids, validation before anything runs, a smoke sweep against runs by hand,
+resuming after the sweep is killed, a failing run, and the Ray engine (local and a two-node cluster), the Ray
+parts only inside a network namespace that has nothing but loopback."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import sweep as sweep_module
+from experiments.sweep import SweepError, file_axes, load_sweep_file, parse_axes, plan, split_values
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
+
+LABML_YAML = 'data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n'
+#: The 2 × 2 smoke sweep; its runs are compared with runs by hand and with the Ray engine's
+GRID = ['preset=smoke', 'kl_coef=0.01,0.03', 'seed=1,2']
+EVAL = ['--split', 'test', '--fgsm-samples', '0']
+
+
+def _project(tmp_path_factory, name: str) -> Path:
+    folder = tmp_path_factory.mktemp(name)
+    (folder / '.labml.yaml').write_text(LABML_YAML)
+    return folder
+
+
+def _state(project: Path, name: str) -> dict:
+    return json.loads((project / 'logs' / 'sweeps' / name / 'sweep.json').read_text())
+
+
+def _runs(project: Path) -> list:
+    folder = project / 'logs' / 'evidence_mnist'
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _rows(table: dict) -> list:
+    """A comparison table's rows without what names the runs (uuids, folders)."""
+    return [{k: v for k, v in r.items() if k not in ('run', 'runs', 'path')} for r in table['rows']]
+
+
+# ------------------------------------------------------------------------------------------------ grids
+
+@pytest.mark.parametrize('raw, values', [
+    ('1,2,3', ['1', '2', '3']),
+    ('(0.9,0.99),(0.9,0.999)', ['(0.9,0.99)', '(0.9,0.999)']),
+    ('[(0, 0.), (1, 1.)],[(0,1)]', ['[(0, 0.), (1, 1.)]', '[(0,1)]']),
+    ("'a,b',c", ["'a,b'", 'c']),
+    ('{"a": 1, "b": 2}', ['{"a": 1, "b": 2}']),
+    ('relu', ['relu']),
+])
+def test_commas_split_only_at_the_top_level(raw, values):
+    assert split_values(raw) == values
+
+
+@pytest.mark.parametrize('raw', ['1,,2', '1,', '(1,2', '1)', '[1,2)', "'a,b"])
+def test_malformed_values_are_refused(raw):
+    with pytest.raises(SweepError):
+        split_values(raw)
+
+
+def test_every_combination_is_typed_like_the_command_line(tmp_path):
+    axes = parse_axes(['preset=smoke', 'optimizer.betas=(0.9,0.99),(0.9,0.999)', 'outputs_to_evidence=relu,exp',
+                       'seed=1,2'])
+    runs = plan([('evidence_mnist', axes)], 'test', tmp_path)
+    assert len(runs) == 8
+    assert [r['argv'] for r in runs[:2]] == [
+        ['preset=smoke', 'optimizer.betas=(0.9,0.99)', 'outputs_to_evidence=relu', 'seed=1'],
+        ['preset=smoke', 'optimizer.betas=(0.9,0.99)', 'outputs_to_evidence=relu', 'seed=2']]
+    first = runs[0]['_values']
+    assert first['optimizer.betas'] == (0.9, 0.99) and first['seed'] == 1 and first['epochs'] == 1
+    assert runs[-1]['_values']['optimizer.betas'] == (0.9, 0.999) and runs[-1]['_values']['outputs_to_evidence'] == 'exp'
+    assert len({r['id'] for r in runs}) == 8
+    # the same value written differently is the same run
+    with pytest.raises(SweepError, match='given twice'):
+        plan([('evidence_mnist', parse_axes(['kl_coef=0.01,1e-2']))], 'test', tmp_path)
+
+
+def test_sweep_files_expand(tmp_path):
+    f = tmp_path / 'mine.py'
+    f.write_text(textwrap.dedent("""
+        name = 'mine'
+        split = 'test'
+        runs = [('evidence_mnist', {'preset': 'smoke', 'optimizer.betas': [(0.9, 0.99), (0.9, 0.999)], 'seed': [1, 2]}),
+                ('softmax_mnist', [{'preset': 'smoke', 'seed': 1}, {'preset': 'smoke', 'dropout': [0.1, 0.2]}])]
+    """))
+    spec = load_sweep_file(f)
+    assert spec['name'] == 'mine' and spec['split'] == 'test'
+    runs = plan(spec['grids'], 'test', tmp_path)
+    assert [r['family'] for r in runs] == ['evidence_mnist'] * 4 + ['softmax_mnist'] * 3
+    assert runs[0]['_values']['optimizer.betas'] == (0.9, 0.99)
+    assert [r['_values']['dropout'] for r in runs[5:]] == [0.1, 0.2]
+    assert file_axes({'kl_div_points': [[(0, 0.), (1, 1.)]]}, 'x') == [('kl_div_points', ['[(0, 0.0), (1, 1.0)]'])]
+
+
+def test_compare_all_expands_and_validates(tmp_path, monkeypatch, capsys):
+    from configs.registry import names
+    spec = load_sweep_file(ROOT / 'sweeps' / 'compare_all.py')
+    runs = plan(spec['grids'], spec['split'], tmp_path)
+    assert spec['name'] == 'compare_all' and spec['split'] == 'test'
+    assert [(r['family'], r['_values']['seed']) for r in runs] == [(f, s) for f in names() for s in (1, 2, 3)]
+    # defaults otherwise: only data_dir and seed are set
+    assert all(set(r['settings']) == {'data_dir', 'seed'} for r in runs)
+    (tmp_path / '.labml.yaml').write_text(LABML_YAML)
+    monkeypatch.chdir(tmp_path)
+    assert sweep_module.main([str(ROOT / 'sweeps' / 'compare_all.py'), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert out.count('python -m experiments.train') == len(runs)
+    assert not (tmp_path / 'logs').exists()
+
+
+@pytest.mark.parametrize('bad, message', [
+    ('kl_coef=0.01,oops,0.03', "kl_coef=oops"),
+    ('optimizer.betas=(0.9,0.99),(0.9,1.5),(0.9,0.999)', 'optimizer.betas'),
+    ('loss_func=cross_entropy_bayes_risk,no_such_loss', 'unknown option'),
+    ('no_such_key=1,2', "unknown key"),
+    ('resume=abc', 'resume'),
+])
+def test_a_bad_value_anywhere_stops_before_anything_is_written(bad, message, workdir, synthetic_data_dir,
+                                                               monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    code = sweep_module.main(['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2', bad,
+                              '--split', 'test'])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and err.startswith('error: ')
+    assert not (workdir / 'logs').exists()
+
+
+def test_validation_split_needs_a_holdout(workdir, synthetic_data_dir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert sweep_module.main(['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2']) == 2
+    assert 'holdout=0' in capsys.readouterr().err and not (workdir / 'logs').exists()
+
+
+# ------------------------------------------------------------------------------------------------ local engine
+
+@pytest.fixture(scope='module')
+def local_sweep(tmp_path_factory, synthetic_data_dir):
+    """The 2 × 2 smoke sweep, two runs at a time, evaluated on the test set."""
+    project = _project(tmp_path_factory, 'sweep_local')
+    started = time.perf_counter()
+    done = run_cli('experiments.sweep', 'evidence_mnist', *GRID, f'data_dir={synthetic_data_dir}', '--jobs', '2',
+                   *EVAL, '--name', 'grid', cwd=project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return project, done, time.perf_counter() - started
+
+
+def test_sweep_writes_its_state_and_the_table_over_seeds(local_sweep):
+    project, done, _ = local_sweep
+    state = _state(project, 'grid')
+    assert state['counts']['done'] == 4 and state['split'] == 'test'
+    assert state['grid'][0]['axes']['kl_coef'] == ['0.01', '0.03']
+    runs = state['runs']
+    assert sorted(r['uuid'] for r in runs) == _runs(project)  # one run folder each, in the usual place
+    for r in runs:
+        evaluation = json.loads((project / 'logs' / 'evidence_mnist' / r['uuid'] / 'evaluation.json').read_text())
+        assert r['status'] == 'done' and r['metrics']['accuracy'] == evaluation['id']['accuracy']
+        assert r['metrics']['ood/fashion_mnist/u/auroc'] == evaluation['ood']['fashion_mnist']['u']['auroc']
+        assert (project / 'logs' / 'evidence_mnist' / r['uuid'] / 'checkpoint.pt').is_file()
+    table = json.loads((project / 'logs' / 'sweeps' / 'grid' / 'comparison.json').read_text())
+    md = (project / 'logs' / 'sweeps' / 'grid' / 'comparison.md').read_text()
+    assert len(table['rows']) == 2 and md.count('× 2 seeds (1, 2)') == 2 and md in done.stdout
+    for row in table['rows']:
+        kl = 0.01 if 'kl=0.01' in row['label'] else 0.03
+        members = [r for r in runs if r['settings']['kl_coef'] == kl]
+        assert sorted(row['runs']) == sorted(r['uuid'] for r in members)
+        mean = sum(r['metrics']['nll'] for r in members) / 2
+        assert row['values']['nll'] == pytest.approx(mean, rel=1e-12)
+    assert '[sweep grid] 4/4 done, 0 running, 0 failed' in done.stdout
+    # the same command again: nothing to do
+    again = run_cli('experiments.sweep', 'evidence_mnist', *GRID, '--jobs', '2', *EVAL, '--name', 'grid',
+                    '--dry-run', 'data_dir=elsewhere', cwd=project)  # data_dir is not part of a run's identity
+    assert again.returncode == 0 and again.stdout.count('done, skipped') == 4, again.stdout + again.stderr
+
+
+def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path, monkeypatch):
+    project, _, _ = local_sweep
+    (tmp_path / '.labml.yaml').write_text(LABML_YAML)
+    monkeypatch.chdir(tmp_path)
+    from experiments import evaluate, evidence_mnist
+    assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
+    (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
+    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0']) == 0
+    mine = json.loads((by_hand / 'evaluation.json').read_text())
+    (run,) = [r for r in _state(project, 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
+    swept = json.loads((project / 'logs' / 'evidence_mnist' / run['uuid'] / 'evaluation.json').read_text())
+    for block in ('id', 'selective', 'ood'):
+        assert swept[block] == mine[block], block
+
+
+def _wait_for(condition, process, timeout=120.0, what=''):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the sweep ended before {what}: {process.returncode}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _sweep_process(project: Path, args):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
+    return subprocess.Popen([sys.executable, '-m', 'experiments.sweep', *args], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _state_or_empty(project: Path, name: str) -> dict:
+    try:
+        return _state(project, name)
+    except (OSError, ValueError):
+        return {'runs': []}
+
+
+def test_a_killed_sweep_finishes_only_what_was_missing(tmp_path_factory, synthetic_data_dir):
+    """SIGKILL after the first run finished (the second run, told by the kernel, saves its epoch), then SIGTERM
+    while the second run is resumed (a clean stop), then a third go that finishes it: each run trained in one
+    run folder, the second resumed from its checkpoint both times, the first never touched again."""
+    project = _project(tmp_path_factory, 'sweep_resume')
+    args = ['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'holdout=0.25', 'epochs=5',
+            'train_batch_size=16', 'seed=1,2', '--name', 'resume']
+    logs = project / 'logs' / 'evidence_mnist'
+    sweep_folder = project / 'logs' / 'sweeps' / 'resume'
+
+    def second():
+        runs = _state_or_empty(project, 'resume')['runs']
+        return runs[1] if len(runs) > 1 else {}
+
+    def second_log() -> str:
+        log = sweep_folder / second().get('log', 'none')
+        return log.read_text(errors='replace') if log.is_file() else ''
+
+    first = _sweep_process(project, args)
+    _wait_for(lambda: second().get('uuid') and (logs / second()['uuid'] / 'checkpoint.pt').exists(), first,
+              what="the second run's first epoch")
+    first.kill()
+    first.communicate()
+    killed = _state(project, 'resume')['runs']
+    assert [r['status'] for r in killed] == ['done', 'running']  # killed: no time to write more
+    uuid = killed[1]['uuid']
+
+    again = _sweep_process(project, args)
+    _wait_for(lambda: 'Resuming run' in second_log(), again, what='the second run to resume')
+    again.send_signal(signal.SIGTERM)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 143, out + err
+    assert '1 already done, 1 to resume' in out  # the first run is not touched
+    assert '1 done, 1 interrupted' in err and 'Continue with: python -m experiments.sweep evidence_mnist' in err
+    assert [r['status'] for r in _state(project, 'resume')['runs']] == ['done', 'interrupted']
+
+    third = run_cli('experiments.sweep', *args, cwd=project)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert '1 already done, 1 to resume' in third.stdout
+    final = _state(project, 'resume')['runs']
+    assert [r['status'] for r in final] == ['done', 'done'] and final[1]['uuid'] == uuid
+    assert [r['attempts'] for r in final] == [1, 3]
+    assert _runs(project) == sorted(r['uuid'] for r in final)  # no run folder started twice
+    started = [line for line in second_log().splitlines() if line.startswith('### ')]
+    assert [line.split()[3] for line in started] == ['train:', 'resume:', 'resume:', 'evaluate:']
+    assert all(f'resume={uuid}' in line for line in started[1:3])
+    from configs.checkpoint import load_checkpoint
+    assert all(load_checkpoint(logs / r['uuid'])['epoch'] == 5 for r in final)
+    assert all((logs / r['uuid'] / 'evaluation_validation.json').is_file() for r in final)
+
+
+def test_a_failing_run_is_reported_and_the_others_complete(tmp_path_factory, synthetic_data_dir):
+    project = _project(tmp_path_factory, 'sweep_fail')
+    done = run_cli('experiments.sweep', 'evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}',
+                   'optimizer.learning_rate=1e6,1e-3', *EVAL, '--name', 'fail', cwd=project)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    failed, good = _state(project, 'fail')['runs']
+    assert failed['status'] == 'failed' and failed['exit_code'] == 3 and 'non-finite' in failed['error']
+    assert good['status'] == 'done' and good['metrics']['accuracy'] > 0
+    assert '1 run(s) failed' in done.stderr and 'FAIL' in done.stdout
+    table = json.loads((project / 'logs' / 'sweeps' / 'fail' / 'comparison.json').read_text())
+    assert [r['runs'] for r in table['rows']] == [[good['uuid']]]
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+def _loopback_only() -> str:
+    """Why Ray cannot be tested here, or '' (Ray must only ever run inside a loopback-only network namespace)."""
+    if importlib.util.find_spec('ray') is None:
+        return 'ray is not installed (pip install "ray[tune]==2.60.0")'
+    if not shutil.which('unshare') or not shutil.which('ip'):
+        return 'unshare or ip is missing: Ray is only run inside a network namespace with loopback only'
+    try:
+        probe = subprocess.run(['unshare', '-n', 'sh', '-c', 'ip link set lo up'], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f'unshare -n failed: {e}'
+    return '' if probe.returncode == 0 else f"unshare -n is not permitted here: {probe.stderr.decode().strip()}"
+
+
+def _in_namespace(code: str, cwd: Path, timeout: float = 240):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'RAY_AUTH_MODE': 'disabled'}
+    script = cwd / 'ray_part.py'
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(['unshare', '-n', 'sh', '-c', f'ip link set lo up && exec "$0" {script}', sys.executable],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _local_table(project: Path, runs: list) -> dict:
+    """The local engine's table over some of its runs, as the sweep builds it (compare --over-seeds)."""
+    from experiments.compare import build, label_rows, load_row, over_seeds
+    rows = [load_row(str(project / 'logs' / 'evidence_mnist' / r['uuid']), project / 'logs', 'test') for r in runs]
+    label_rows(rows)
+    return build(over_seeds(rows))
+
+
+@pytest.fixture(scope='module')
+def ray_cluster_sweep(local_sweep, tmp_path_factory, synthetic_data_dir):
+    """The `kl_coef=0.01` half of the local grid on a two-node Ray cluster (one CPU each, on this machine)."""
+    why = _loopback_only()
+    if why:
+        pytest.skip(why)
+    project = _project(tmp_path_factory, 'sweep_ray')
+    args = ['evidence_mnist', 'preset=smoke', 'kl_coef=0.01', 'seed=1,2', f'data_dir={synthetic_data_dir}', *EVAL,
+            '--engine', 'ray', '--cpus-per-run', '1', '--name', 'ray']
+    done = _in_namespace(f"""
+        import json, sys
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args={{'num_cpus': 1, 'object_store_memory': 100 * 2**20,
+                                                                'include_dashboard': False}})
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        from experiments import sweep
+        try:
+            code = sweep.main({args!r} + ['--address', cluster.address])
+            nodes = [n.node_id for n in cluster.list_all_nodes()]
+        finally:
+            cluster.shutdown()
+        print('NODES=' + json.dumps(nodes))
+        sys.exit(code)
+    """, project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    nodes = json.loads(done.stdout.rsplit('NODES=', 1)[1].splitlines()[0])
+    return project, nodes
+
+
+def test_ray_runs_land_on_both_nodes_and_give_the_local_table(ray_cluster_sweep, local_sweep):
+    project, nodes = ray_cluster_sweep
+    state = _state(project, 'ray')
+    assert state['engine'] == 'ray' and [r['status'] for r in state['runs']] == ['done', 'done']
+    assert len(nodes) == 2 and {r['node'] for r in state['runs']} == set(nodes)  # one run on each node
+    local = [r for r in _state(local_sweep[0], 'grid')['runs'] if r['settings']['kl_coef'] == 0.01]
+    by_seed = {r['settings']['seed']: r for r in local}
+    for r in state['runs']:
+        assert r['metrics'] == by_seed[r['settings']['seed']]['metrics']
+    table = json.loads((project / 'logs' / 'sweeps' / 'ray' / 'comparison.json').read_text())
+    expected = _local_table(local_sweep[0], local)
+    assert table['columns'] == expected['columns'] and _rows(table) == _rows(expected)
+
+
+def test_ray_engine_starts_its_own_ray_and_gives_the_local_table(local_sweep, tmp_path_factory, synthetic_data_dir):
+    why = _loopback_only()
+    if why:
+        pytest.skip(why)
+    project = _project(tmp_path_factory, 'sweep_ray_local')
+    args = ['evidence_mnist', 'preset=smoke', 'kl_coef=0.03', 'seed=2', f'data_dir={synthetic_data_dir}', *EVAL,
+            '--engine', 'ray', '--name', 'ray']
+    done = _in_namespace(f"""
+        import sys
+        from experiments import sweep
+        sys.exit(sweep.main({args!r}))
+    """, project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = _state(project, 'ray')
+    assert len({r['node'] for r in state['runs']}) == 1
+    local = [r for r in _state(local_sweep[0], 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
+    assert state['runs'][0]['metrics'] == local[0]['metrics']
+    table = json.loads((project / 'logs' / 'sweeps' / 'ray' / 'comparison.json').read_text())
+    expected = _local_table(local_sweep[0], local)
+    assert table['columns'] == expected['columns'] and _rows(table) == _rows(expected)
