@@ -22,7 +22,7 @@ from labml import tracker
 from labml.configs import option
 
 from configs.cli import Preset, between, non_negative, positive
-from configs.evidence import PRESETS as EVIDENCE_PRESETS, kl_points_check
+from configs.evidence import PRESETS as EVIDENCE_PRESETS, kl_points_check, kl_schedule_options
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
@@ -31,7 +31,6 @@ from evidential.models.lenet import LeNet
 from evidential.models.mlp import MLP
 from evidential.outliers import uniform_to_softmax_kl
 from evidential.prediction import Prediction, sampled_prediction
-from evidential.schedules import KL_SCHEDULES, make_kl_schedule
 
 
 class BayesConfigs(LeNetExperimentConfigs):
@@ -109,10 +108,7 @@ def bayesian(c: BayesConfigs, body) -> nn.Module:
 option(BayesConfigs.model, 'lenet')(lambda c: bayesian(c, lambda k, layers: LeNet(k, c.dropout, layers=layers)))
 option(BayesConfigs.model, 'mlp')(lambda c: bayesian(c, lambda k, layers: MLP(k, layers=layers)))
 
-for _name in KL_SCHEDULES:
-    option(BayesConfigs.kl_schedule, _name)(
-        (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
-                                                 points=c.kl_div_coef_schedule, coef=c.kl_coef))(_name))
+kl_schedule_options(BayesConfigs.kl_schedule)
 
 # This app's training recipe; no dropout (the weights are random already)
 DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet', 'dropout': 0.0, 'prior_scale': 1.0, 'sigma_init': 0.005,

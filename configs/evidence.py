@@ -122,10 +122,16 @@ for _name, _fn in LOSSES.items():
     else:
         option(EvidenceConfigs.loss_func, _name)((lambda fn: lambda c: fn)(_fn))
 
-for _name in KL_SCHEDULES:
-    option(EvidenceConfigs.kl_schedule, _name)(
-        (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
-                                                 points=c.kl_div_coef_schedule, coef=c.kl_coef))(_name))
+def kl_schedule_options(config_item) -> None:
+    """Registers every KL schedule (`evidential.schedules.KL_SCHEDULES`) as an option of `config_item`, a
+    `kl_schedule` key of a Configs class that also has `kl_div_coef_schedule` and `kl_coef`."""
+    for name in KL_SCHEDULES:
+        option(config_item, name)(
+            (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
+                                                     points=c.kl_div_coef_schedule, coef=c.kl_coef))(name))
+
+
+kl_schedule_options(EvidenceConfigs.kl_schedule)
 
 option(EvidenceConfigs.model, 'lenet')(lenet_body)
 
