@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 from labml import lab, monit, tracker
 from labml.configs import BaseConfigs, option
 from labml_nn.optimizers.configs import OptimizerConfigs

@@ -14,7 +14,6 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 from labml import tracker
-from labml.configs import option
 
 from configs.cli import Preset
 from configs.experiment import MNISTExperimentConfigs

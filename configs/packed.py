@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import Preset, between, positive
+from configs.cli import Preset, between
 from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
 from configs.registry import Capabilities, Family

@@ -92,14 +92,6 @@ def all_families() -> List[Family]:
     return [get(n) for n in FAMILIES]
 
 
-def family_of(configs_class: type) -> Family:
-    """The registered family whose Configs class is `configs_class`."""
-    for family in all_families():
-        if family.configs is configs_class:
-            return family
-    raise KeyError(f"{configs_class.__name__} is not the Configs class of a registered family")
-
-
 def label_settings(family: Optional[Family], values: Dict[str, Any],
                    shared: Tuple[str, ...] = ('optimizer.weight_decay', 'dataset', 'epochs', 'seed')) -> Dict[str, Any]:
     """The settings that label a run in `compare`: the family's own, then the shared ones, as saved."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from labml import experiment, lab
 
 from configs import registry
-from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, RunWriteError, find_run, \
+from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, find_run, \
     first_write_error, load_checkpoint, load_values, save_values
 from configs.cli import UsageError, check, resolve
 from configs.experiment import Interrupted, MNISTExperimentConfigs

@@ -40,7 +40,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 def _load(data_dir: Path, train: bool):
-    import torch
     from torchvision.datasets import MNIST
     prefix = 'train' if train else 't10k'
     raw = data_dir / 'MNIST' / 'raw'

@@ -41,9 +41,11 @@ def _load_torch_uncertainty_layers():
     try:
         spec = importlib.util.find_spec('torch_uncertainty')  # finds the package without running its __init__
     except (ImportError, ValueError) as e:
-        spec, why = None, f'{type(e).__name__}: {e}'
+        spec, why = None, f' ({type(e).__name__}: {e})'
+    else:
+        why = ''
     if spec is None or not spec.submodule_search_locations:
-        return None, 'torch_uncertainty is not installed (reference tests need `pip install torch-uncertainty==0.13.0`)'
+        return None, f'torch_uncertainty is not installed{why} (reference tests need `pip install torch-uncertainty==0.13.0`)'
     if importlib.util.find_spec('einops') is None:
         return None, "torch_uncertainty's packed layers import einops, which is not installed"
     root = Path(list(spec.submodule_search_locations)[0])

@@ -137,8 +137,13 @@ class _VoteLayer(nn.Module):
             out = out + shift.view(shape)
         return out.flatten(0, 1)
 
-    def _voter_bias(self, i: int) -> Optional[torch.Tensor]:
-        return None if self.bias is None else self.bias[i].detach().clone()
+    @torch.no_grad()
+    def _load_voter(self, layer: nn.Module, i: int) -> nn.Module:
+        """`layer` (a plain `nn.Linear` / `nn.Conv2d` of this layer's shape) with voter `i`'s weight and bias."""
+        layer.weight.copy_(self.voter_weight(i))
+        if self.bias is not None:
+            layer.bias.copy_(self.bias[i])
+        return layer
 
 
 class VoteLinear(_VoteLayer):
@@ -170,11 +175,7 @@ class VoteLinear(_VoteLayer):
         w = self.weight
         layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                           device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(self.voter_weight(i))
-            if self.bias is not None:
-                layer.bias.copy_(self.bias[i])
-        return layer
+        return self._load_voter(layer, i)
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
@@ -227,11 +228,7 @@ class VoteConv2d(_VoteLayer):
                           padding=self.padding, dilation=self.dilation, groups=self.groups,
                           bias=self.bias is not None, padding_mode=self.padding_mode,
                           device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(self.voter_weight(i))
-            if self.bias is not None:
-                layer.bias.copy_(self.bias[i])
-        return layer
+        return self._load_voter(layer, i)
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
