@@ -4,17 +4,26 @@ import itertools
 import pytest
 import torch
 
-from evidential.models.circuit import QuadTreeCircuit, morton_layout
+from evidential.models.circuit import PixelCircuit, bits_per_dim, hybrid_loss, morton_layout, neg_log_density, \
+    region_layout
 
 # 3 x 2 pixels (padded to a 4 x 4 Morton square), 3 values each: 3^6 = 729 images
 H, W, V, K = 3, 2, 3, 2
 
 
-@pytest.fixture
-def circuit() -> QuadTreeCircuit:
+#: (layer type, region graph, input units, sum units): every structure the family can build
+STRUCTURES = [('cp', 'quad-tree-2', 3, 3), ('cp', 'quad-tree-2', 2, 4), ('cp', 'random-binary-tree', 3, 2),
+              ('tucker', 'quad-tree-2', 2, 3), ('tucker', 'random-binary-tree', 3, 3)]
+
+
+@pytest.fixture(params=STRUCTURES, ids=['-'.join(map(str, s)) for s in STRUCTURES])
+def circuit(request) -> PixelCircuit:
+    layer_type, region_graph, n_in, n_sum = request.param
     torch.manual_seed(0)
     # float64 and spread-out parameters, so that a wrong sum or product shows above round-off
-    return QuadTreeCircuit(n_classes=K, height=H, width=W, n_units=3, n_categories=V, init_std=2.).double()
+    return PixelCircuit(n_classes=K, height=H, width=W, num_input_units=n_in, num_sum_units=n_sum,
+                        n_categories=V, layer_type=layer_type, region_graph=region_graph, graph_seed=3,
+                        init_std=2.).double()
 
 
 def all_images() -> torch.Tensor:
@@ -30,6 +39,24 @@ def test_morton_layout():
     assert sorted(i for i in idx.tolist() if i < 6) == list(range(6))
     assert (idx == 6).sum() == 10
     assert morton_layout(28, 28)[0] == 32
+    # The random tree: the same pixels and padding, shuffled, the same for the same seed
+    _, shuffled = region_layout(3, 2, 'random-binary-tree', seed=3)
+    assert sorted(shuffled.tolist()) == sorted(idx.tolist()) and not torch.equal(shuffled, idx)
+    assert torch.equal(shuffled, region_layout(3, 2, 'random-binary-tree', seed=3)[1])
+    with pytest.raises(ValueError, match='region_graph'):
+        region_layout(3, 2, 'poon-domingos')
+
+
+def test_structure_sizes():
+    # CP over 32 x 32 slots: 9 mixing levels (the first is absorbed); Tucker: 10, with U_a U_b inputs per unit
+    cp = PixelCircuit(num_input_units=4, num_sum_units=6)
+    assert [tuple(p.shape) for p in cp.layer_logits][:2] == [(512, 4, 6), (256, 6, 6)]
+    assert len(cp.layer_logits) == 9 and tuple(cp.root_logits.shape) == (6, 10)
+    tucker = PixelCircuit(num_input_units=2, num_sum_units=3, layer_type='tucker')
+    assert [tuple(p.shape) for p in tucker.layer_logits][:2] == [(512, 4, 3), (256, 9, 3)]
+    assert len(tucker.layer_logits) == 10
+    with pytest.raises(ValueError, match='layer_type'):
+        PixelCircuit(layer_type='dense')
 
 
 def test_normalised_per_class(circuit):
@@ -98,7 +125,7 @@ def test_mnist_size_is_not_clamped_and_trains():
     # libcirkit 0.3.1 returns -708.4 for every 784-pixel image (its log clamp); here the log-likelihood
     # is the real one (about 784 * log(1/256) = -4347 at initialisation) and gradients flow.
     torch.manual_seed(0)
-    model = QuadTreeCircuit(n_classes=10, n_units=2)
+    model = PixelCircuit(n_classes=10, num_input_units=2)
     x = torch.randint(256, (4, 28 * 28), dtype=torch.uint8)
     lj = model.log_joint(x)
     assert lj.shape == (4, 10)
@@ -112,3 +139,30 @@ def test_mnist_size_is_not_clamped_and_trains():
     mask[:, :392] = True
     with torch.no_grad():
         assert (model.log_joint(x, mask) > lj.detach()).all()
+
+
+def test_density_of_the_class_mixture_is_normalised(circuit):
+    # $p(x) = \frac{1}{K} \sum_y p(x | y)$ sums to one over every image; bits/dim is its log2 per pixel
+    with torch.no_grad():
+        lj = circuit.log_joint(all_images())
+    nld = neg_log_density(lj)
+    assert torch.allclose((-nld).logsumexp(0), torch.zeros((), dtype=lj.dtype), atol=1e-10)
+    expected = -torch.log(lj.exp().mean(-1))
+    assert torch.allclose(nld, expected, atol=1e-10)
+    assert torch.allclose(bits_per_dim(nld, H * W), expected / (H * W) / torch.log(torch.tensor(2.)).double())
+
+
+@pytest.mark.parametrize('lam', [0.0, 0.25, 1.0])
+def test_hybrid_loss_against_torch_distributions(lam):
+    torch.manual_seed(4)
+    lj = (torch.randn(9, 10, dtype=torch.float64) * 30 - 2000).requires_grad_()
+    y = torch.randint(10, (9,))
+    loss, ce, gen = hybrid_loss(lj, y, lam, n_pixels=784)
+    # p(y | x) by Bayes' rule under a uniform prior: a categorical with logits log p(x | y)
+    ref_ce = -torch.distributions.Categorical(logits=lj).log_prob(y).mean()
+    ref_gen = -lj[torch.arange(9), y].mean() / 784
+    torch.testing.assert_close(ce, ref_ce)
+    torch.testing.assert_close(gen, ref_gen)
+    torch.testing.assert_close(loss, lam * ref_ce + (1 - lam) * ref_gen)
+    loss.backward()
+    assert torch.isfinite(lj.grad).all() and lj.grad.abs().sum() > 0

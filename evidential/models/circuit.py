@@ -1,7 +1,7 @@
 r"""
 # A class-conditional probabilistic circuit over image pixels, written in plain PyTorch
 
-A small, tensorised *probabilistic circuit* (a sum-product network) in the spirit of cirkit's MNIST
+A tensorised *probabilistic circuit* (a sum-product network) in the spirit of cirkit's MNIST
 tutorial ("Building an MNIST Digit Classifier using Cirkit"; Peharz et al., RAT-SPN, 2020), without
 libcirkit: it gives, for every class $y$, an exact and normalised $\log p(\mathbf{x} \mid y)$, and
 marginalises any subset of pixels exactly in the same single pass.
@@ -14,22 +14,26 @@ per training step here than this one (8-64 units, batch 128, 2 CPU threads), at 
 
 ## Structure
 
-* **Region graph: a quad-tree with binary splits.** The $H \times W$ image is padded to an
-  $S \times S$ square, $S$ a power of two, and its pixels are laid out in Morton (Z-) order. In that
-  order, pixels $2r$ and $2r + 1$ are horizontal neighbours, regions $4r \dots 4r + 3$ form a
-  $2 \times 2$ patch, and so on: a perfect binary tree over the Morton order splits every square
-  patch into two halves and every half into two squares, which is cirkit's `quad-tree-2` region
-  graph. Every level is then one batched matrix product.
-* **Inputs:** every pixel $d$ has `n_units` categorical distributions over its `n_categories`
+* **Region graph: a binary tree over the pixels.** The $H \times W$ image is padded to an
+  $S \times S$ square, $S$ a power of two, and its $S^2$ slots are the leaves of a perfect binary tree.
+  `quad-tree-2` lays the pixels out in Morton (Z-) order: pixels $2r$ and $2r + 1$ are horizontal
+  neighbours, regions $4r \dots 4r + 3$ form a $2 \times 2$ patch, and so on, so the tree splits every
+  square patch into two halves and every half into two squares — cirkit's `quad-tree-2` region graph.
+  `random-binary-tree` shuffles the slots (seeded): RAT-SPN's random splits. Every level is one
+  batched matrix product.
+* **Inputs:** every pixel $d$ has `num_input_units` categorical distributions over its `n_categories`
   values, $\log \phi_{d,u}(x_d) = \text{log\_softmax}(\theta_{d,u})_{x_d}$.
-* **Inner layers: CP sum-product layers** (cirkit's `sum_product_layer='cp'`). A region $r$ with
-  children $a$ and $b$ has `n_units` units
-  $h_{r,o} = \big(\sum_i W^{(a)}_{r,i,o} h_{a,i}\big) \big(\sum_i W^{(b)}_{r,i,o} h_{b,i}\big)$,
-  with each column of $W$ a softmax, so every unit is a normalised distribution over its region.
+* **Inner layers** (`num_sum_units` units per region), a region $r$ with children $a$ and $b$:
+  - `cp` (cirkit's `sum_product_layer='cp'`, the default):
+    $h_{r,o} = \big(\sum_i W^{(a)}_{r,i,o} h_{a,i}\big) \big(\sum_i W^{(b)}_{r,i,o} h_{b,i}\big)$.
+    The lowest level has no dense layers: a mixture of categoricals over one pixel is itself a
+    categorical, so they are absorbed into the input distributions and that level is only the product
+    of two pixels' units.
+  - `tucker`: $h_{r,o} = \sum_{i,j} W_{r,ij,o}\, h_{a,i}\, h_{b,j}$ ($U^2$ inputs per unit: far more weights).
+
+  Each column of $W$ is a softmax, so every unit is a normalised distribution over its region.
   Everything is computed in log-space: $\log \sum_i W_{i,o} h_i$ with the max-shift
-  ("log-einsum-exp") trick, and the product is a sum of logs. The lowest level has no dense
-  layers: a mixture of categoricals over one pixel is itself a categorical, so they are absorbed
-  into the input distributions and that level is only the product of two pixels' units. There is **no clamping** of log
+  ("log-einsum-exp") trick, and the product is a sum of logs. There is **no clamping** of log
   values (libcirkit 0.3.1 clamps at $-708.4$, so on $784$ pixels every output was the clamp).
 * **Root:** one sum layer per class over the root region's units,
   $p(\mathbf{x} \mid y) = \sum_u w_{y,u}\, h_{\text{root},u}(\mathbf{x})$. (A CP layer straight to
@@ -74,37 +78,70 @@ def log_matmul_exp(log_h: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     return torch.bmm(torch.exp(log_h - shift), torch.exp(log_w)).log() + shift
 
 
-class QuadTreeCircuit(nn.Module):
+#: Region graphs: how the pixels are split, recursively, into two halves
+REGION_GRAPHS = ('quad-tree-2', 'random-binary-tree')
+#: Sum-product layers: `cp` (mix each child, multiply) or `tucker` (multiply every pair of units, mix)
+LAYER_TYPES = ('cp', 'tucker')
+
+
+def region_layout(height: int, width: int, region_graph: str = 'quad-tree-2',
+                  seed: int = 0) -> tuple[int, torch.Tensor]:
+    """The padded side $S$ and the pixel of each of the $S^2$ leaves of the binary tree (`height * width`
+    for padding): Morton order for `quad-tree-2`, a seeded random order for `random-binary-tree` (RAT-SPN)."""
+    side, index = morton_layout(height, width)
+    if region_graph == 'random-binary-tree':
+        index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))]
+    elif region_graph != 'quad-tree-2':
+        raise ValueError(f"region_graph must be one of {', '.join(REGION_GRAPHS)}, got {region_graph!r}")
+    return side, index
+
+
+class PixelCircuit(nn.Module):
     """Class-conditional probabilistic circuit over `[N, height * width]` images of integer pixels.
+
+    * `num_input_units`: categorical distributions per pixel; `num_sum_units`: units of every inner region
+    * `layer_type`: `cp` or `tucker`; `region_graph`: `quad-tree-2` or `random-binary-tree` (`graph_seed`)
 
     `log_joint(x, missing_mask)` returns `[N, n_classes]`: $\\log p(\\mathbf{x}_{\\text{obs}} \\mid y)$.
     """
 
-    def __init__(self, n_classes: int = 10, height: int = 28, width: int = 28, n_units: int = 8,
-                 n_categories: int = 256, init_std: float = 1.):
+    def __init__(self, n_classes: int = 10, height: int = 28, width: int = 28, num_input_units: int = 8,
+                 num_sum_units: int | None = None, n_categories: int = 256, layer_type: str = 'cp',
+                 region_graph: str = 'quad-tree-2', graph_seed: int = 0, init_std: float = 1.):
         super().__init__()
-        if n_classes < 1 or n_units < 1 or n_categories < 1:
-            raise ValueError(f"n_classes, n_units, n_categories must be >= 1, "
-                             f"got {n_classes}, {n_units}, {n_categories}")
+        num_sum_units = num_input_units if num_sum_units is None else num_sum_units
+        if min(n_classes, num_input_units, num_sum_units, n_categories) < 1:
+            raise ValueError(f"n_classes, num_input_units, num_sum_units, n_categories must be >= 1, "
+                             f"got {n_classes}, {num_input_units}, {num_sum_units}, {n_categories}")
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(f"layer_type must be one of {', '.join(LAYER_TYPES)}, got {layer_type!r}")
         self.n_classes, self.height, self.width = n_classes, height, width
-        self.n_units, self.n_categories = n_units, n_categories
+        self.num_input_units, self.num_sum_units = num_input_units, num_sum_units
+        self.n_categories, self.layer_type, self.region_graph = n_categories, layer_type, region_graph
         self.n_pixels = height * width
-        side, slot_to_pixel = morton_layout(height, width)
+        side, slot_to_pixel = region_layout(height, width, region_graph, graph_seed)
         self.side = side
-        self.register_buffer('slot_to_pixel', slot_to_pixel, persistent=False)
-        # Categorical logits $\theta$: `[D, V, U]` (real pixels only; padding slots have no parameters)
-        self.input_logits = nn.Parameter(init_std * torch.randn(self.n_pixels, n_categories, n_units))
-        # One CP layer per tree level above the first, leaves upwards: `[2 R_out, U, U]` unnormalised
-        # log-weights. The first level needs none: a mixture of categoricals over one pixel is itself a
-        # categorical, so its dense layers are absorbed into the input distributions and the first level
-        # is just the product of the two pixels' units.
+        # Saved with the weights: a checkpoint carries its own (possibly random) region graph
+        self.register_buffer('slot_to_pixel', slot_to_pixel)
+        # Categorical logits $\theta$: `[D, V, U_in]` (real pixels only; padding slots have no parameters)
+        self.input_logits = nn.Parameter(init_std * torch.randn(self.n_pixels, n_categories, num_input_units))
+        # One layer per tree level, leaves upwards: unnormalised log-weights `[regions, inputs, outputs]`.
+        # CP: `[2 R, U_child, U]`, one matrix per child. Its first level needs none: a mixture of categoricals
+        # over one pixel is itself a categorical, so those layers are absorbed into the input distributions
+        # and the first level is just the product of the two pixels' units.
+        # Tucker: `[R, U_a U_b, U]` over every pair of the two children's units.
         self.layer_logits = nn.ParameterList()
-        n_regions = side * side // 2
+        n_regions, units = side * side, num_input_units
+        if layer_type == 'cp' and n_regions > 1:
+            n_regions //= 2
         while n_regions > 1:
             n_regions //= 2
-            self.layer_logits.append(nn.Parameter(init_std * torch.randn(2 * n_regions, n_units, n_units)))
+            shape = ((2 * n_regions, units, num_sum_units) if layer_type == 'cp'
+                     else (n_regions, units * units, num_sum_units))
+            self.layer_logits.append(nn.Parameter(init_std * torch.randn(*shape)))
+            units = num_sum_units
         # Root sum layer, one mixture per class: `[U, K]`
-        self.root_logits = nn.Parameter(init_std * torch.randn(n_units, n_classes))
+        self.root_logits = nn.Parameter(init_std * torch.randn(units, n_classes))
 
     @property
     def device(self) -> torch.device:
@@ -119,14 +156,14 @@ class QuadTreeCircuit(nn.Module):
         return x.long()
 
     def input_log_probs(self, x: torch.Tensor, missing_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`[D, N, U]`: $\\log \\phi_{d,u}(x_{n,d})$, and $0$ where `missing_mask` is true."""
+        """`[D, N, U_in]`: $\\log \\phi_{d,u}(x_{n,d})$, and $0$ where `missing_mask` is true."""
         x = self._pixels(x)
         if ((x < 0) | (x >= self.n_categories)).any():
             raise ValueError(f"pixel values must lie in [0, {self.n_categories})")
         n = x.shape[0]
         # Logits stored `[D, V, U]`, so that a gather along V gives `[D, N, U]` directly
         log_phi = torch.log_softmax(self.input_logits, dim=1)                    # [D, V, U]
-        index = x.t()[:, :, None].expand(self.n_pixels, n, self.n_units)
+        index = x.t()[:, :, None].expand(self.n_pixels, n, self.num_input_units)
         out = torch.gather(log_phi, 1, index)                                    # [D, N, U]
         if missing_mask is not None:
             missing_mask = missing_mask.reshape(n, -1).to(device=x.device, dtype=torch.bool)
@@ -141,14 +178,21 @@ class QuadTreeCircuit(nn.Module):
         leaves = self.input_log_probs(x, missing_mask)                           # [D, N, U]
         n = leaves.shape[1]
         # Padding slots: a $\log 1 = 0$ leaf (the pixel is always marginalised)
-        leaves = torch.cat([leaves, leaves.new_zeros(1, n, self.n_units)], dim=0)
-        h = leaves[self.slot_to_pixel]                                           # [S^2, N, U], Morton order
-        if h.shape[0] > 1:
-            h = h.view(-1, 2, n, self.n_units).sum(dim=1)                        # first level: products only
-        for logits in self.layer_logits:
-            log_w = torch.log_softmax(logits, dim=1)                             # columns sum to 1
-            mixed = log_matmul_exp(h, log_w)                                     # [R, N, U]
-            h = mixed.view(-1, 2, n, self.n_units).sum(dim=1)                    # product of the two children
+        leaves = torch.cat([leaves, leaves.new_zeros(1, n, leaves.shape[2])], dim=0)
+        h = leaves[self.slot_to_pixel]                                           # [S^2, N, U], tree order
+        if self.layer_type == 'cp':
+            if h.shape[0] > 1:
+                h = h.view(-1, 2, n, h.shape[2]).sum(dim=1)                      # first level: products only
+            for logits in self.layer_logits:
+                log_w = torch.log_softmax(logits, dim=1)                         # columns sum to 1
+                mixed = log_matmul_exp(h, log_w)                                 # [2R, N, U]
+                h = mixed.view(-1, 2, n, mixed.shape[2]).sum(dim=1)              # product of the two children
+        else:
+            for logits in self.layer_logits:
+                pairs = h.view(-1, 2, n, h.shape[2])
+                # $\log h_{a,i} + \log h_{b,j}$ for every pair $(i, j)$: `[R, N, U_a U_b]`
+                outer = (pairs[:, 0, :, :, None] + pairs[:, 1, :, None, :]).flatten(2)
+                h = log_matmul_exp(outer, torch.log_softmax(logits, dim=1))      # [R, N, U]
         log_root = torch.log_softmax(self.root_logits, dim=0)                    # [U, K]
         return torch.logsumexp(h[0][:, :, None] + log_root[None], dim=1)         # [N, K]
 
@@ -162,3 +206,30 @@ class QuadTreeCircuit(nn.Module):
         if log_prior is not None:
             lj = lj + log_prior.to(lj)
         return torch.log_softmax(lj, dim=-1)
+
+
+def neg_log_density(log_joint: torch.Tensor) -> torch.Tensor:
+    r"""`[N]`: $-\log p(\mathbf{x}) = -\log \frac{1}{K} \sum_y p(\mathbf{x} \mid y)$ from `[N, K]` log-likelihoods
+    (the class marginalised out under a uniform prior): the circuit's own out-of-distribution score."""
+    return math.log(log_joint.shape[-1]) - torch.logsumexp(log_joint, dim=-1)
+
+
+def bits_per_dim(nll: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """A negative log-likelihood in nats → bits per pixel."""
+    return nll / (n_pixels * math.log(2))
+
+
+def hybrid_loss(log_joint: torch.Tensor, labels: torch.Tensor, lam: float,
+                n_pixels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""cirkit tutorial's mix of the discriminative and the generative objective, averaged over the batch:
+
+    $$\mathcal{L} = \lambda \cdot \big(-\log p(y \mid \mathbf{x})\big) + (1 - \lambda) \cdot
+      \frac{-\log p(\mathbf{x} \mid y)}{D}$$
+
+    with $p(y \mid \mathbf{x})$ by Bayes' rule under a uniform prior. Returns `(loss, cross_entropy, generative)`.
+    """
+    # $-\log p(y \mid \mathbf{x}) = -\log p(\mathbf{x} \mid y) + \log \sum_{y'} p(\mathbf{x} \mid y')$
+    cross_entropy = torch.nn.functional.cross_entropy(log_joint, labels)
+    # $-\log p(\mathbf{x} \mid y) / D$
+    generative = -log_joint.gather(1, labels[:, None]).mean() / n_pixels
+    return lam * cross_entropy + (1 - lam) * generative, cross_entropy, generative
