@@ -21,7 +21,8 @@ from labml import lab, monit, tracker
 from labml.configs import BaseConfigs, option
 from labml_nn.optimizers.configs import OptimizerConfigs
 
-from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, resolve_device, tensor_split
+from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, normalize, resolve_device, \
+    tensor_split
 from evidential.prediction import Prediction
 from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
@@ -154,6 +155,14 @@ class MNISTExperimentConfigs(BaseConfigs):
         """The outputs for one evaluation batch (`[N, K]`, or `[S, N, K]` for sampling models); called in
         eval mode, without gradients unless an attack needs them."""
         return self.model(x)
+
+    def eval_forward_missing(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """The outputs for a batch whose `missing` pixels (`[N, 28 * 28]` or `[N, 1, 28, 28]`, true = unknown) are
+        not known. A model that cannot integrate them out (every family but the circuit) sees them filled with
+        the background, a black pixel (value 0)."""
+        # exactly the value a black pixel has in the (normalised) data
+        background = normalize(torch.zeros(1, 1, 1, dtype=torch.uint8), self.dataset.name).item()
+        return self.eval_forward(x.masked_fill(missing.reshape(x.shape), background))
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()

@@ -26,6 +26,7 @@ FAMILIES: Dict[str, str] = {
     'packed_mnist': 'configs.packed',
     'vote_mnist': 'configs.vote',
     'bayes_mnist': 'configs.bayes',
+    'circuit_mnist': 'configs.circuit',
 }
 
 
