@@ -13,7 +13,8 @@ misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a 
 (e.g. `u` for a softmax model, `mutual_information` for an evidential one) is shown as "–".
 
 The table is printed and written as `comparison.md` and `comparison.json` into `--out` (default:
-the current directory). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
+the current directory), with `comparison_missing_pixels.png`: every run's missing-pixel sweep in one figure
+(accuracy at 20 % and 50 % missing pixels are table columns). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
 a run folder. A run that has not been evaluated is an error (exit code 2).
 
 `--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
@@ -49,6 +50,9 @@ MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
 #: OOD scores in table order (others follow alphabetically)
 SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
+#: Fractions of missing pixels whose accuracy is a column (`missing/0.2/accuracy`; all are in the figure)
+MISSING_COLUMNS = (0.2, 0.5)
+MISSING_FIGURE = 'comparison_missing_pixels.png'
 MISSING = '–'
 #: Settings that do not change what is trained (where files are, how it is reported); never in labels or groups
 NOT_SETTINGS = {'data_dir', 'dashboard', 'resume', 'download', 'device', 'log_interval', 'valid_batch_size',
@@ -74,6 +78,8 @@ class Row:
     # With `--over-seeds`: the runs averaged into this row, and each column's standard deviation over them
     runs: List[str] = field(default_factory=list)
     std: Dict[str, Optional[float]] = field(default_factory=dict)
+    # The run's missing-pixel sweep (`evaluation.json`), for the comparison's figure
+    missing_pixels: Optional[Dict[str, Any]] = None
 
 
 def _short(value: Any) -> str:
@@ -188,8 +194,24 @@ def over_seeds(rows: List[Row]) -> List[Row]:
                 continue
             row.values[column] = statistics.fmean(present)
             row.std[column] = statistics.stdev(present) if len(present) > 1 else None
+        row.missing_pixels = _mean_missing([m.missing_pixels for m in members])
         merged.append(row)
     return merged
+
+
+def _mean_missing(blocks: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """The missing-pixel sweeps of several seeds averaged point by point (`None` unless all have the same one)."""
+    if not blocks or any(b is None for b in blocks) or \
+            len({json.dumps([b['fractions'], b['n_samples'], sorted(b['patterns'])]) for b in blocks}) > 1:
+        return None
+    first = blocks[0]
+
+    def mean(values):
+        return [statistics.fmean(v) for v in zip(*values)]
+    return {**first, 'accuracy': mean([b['accuracy'] for b in blocks]),
+            'mean_score': {'entropy': mean([b['mean_score']['entropy'] for b in blocks])},
+            'patterns': {n: {'accuracy': statistics.fmean(b['patterns'][n]['accuracy'] for b in blocks)}
+                         for n in first['patterns']}}
 
 
 def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
@@ -228,6 +250,15 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
         for score, per_metric in per_score.items():
             for metric, value in per_metric.items():
                 row.values[f'ood/{set_name}/{score}/{metric}'] = _number(value)
+    missing = evaluation.get('missing_pixels')
+    if isinstance(missing, dict):
+        try:
+            for fraction in MISSING_COLUMNS:
+                row.values[f'missing/{fraction:g}/accuracy'] = _number(
+                    missing['accuracy'][missing['fractions'].index(fraction)])
+            row.missing_pixels = missing
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            raise CompareError(f"{path}: its missing_pixels block is not one of this app; run `{command}` again") from None
     return row
 
 
@@ -248,9 +279,10 @@ def columns_of(rows: List[Row]) -> List[str]:
         return (where, score_rank.get(score, len(score_rank)), score,
                 metric_rank.get(metric, len(metric_rank)), metric)
 
+    missing = [f'missing/{f:g}/accuracy' for f in MISSING_COLUMNS if f'missing/{f:g}/accuracy' in keys]
     selective = sorted((k for k in keys if k.startswith('selective/')), key=order)
     ood = sorted((k for k in keys if k.startswith('ood/')), key=order)
-    return list(ID_METRICS) + selective + ood
+    return list(ID_METRICS) + missing + selective + ood
 
 
 def direction(column: str) -> Optional[str]:
@@ -359,8 +391,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:
         print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
         return 2
+    written = [out / MARKDOWN_FILE, out / JSON_FILE]
+    curves = {r.label: r.missing_pixels for r in rows if r.missing_pixels}
+    if curves and len({c['n_samples'] for c in curves.values()}) == 1:
+        from experiments.figures import missing_pixels_plot
+        try:
+            written.append(missing_pixels_plot(curves, out / MISSING_FIGURE))
+        except OSError as e:
+            print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    elif curves:
+        print(f"note: {MISSING_FIGURE} not drawn: the runs' missing-pixel sweeps used different numbers of images")
     print(text)
-    print(f"written: {out / MARKDOWN_FILE}, {out / JSON_FILE}")
+    print(f"written: {', '.join(map(str, written))}")
     return 0
 
 

@@ -1,7 +1,7 @@
 r"""
 # Evaluating a trained run
 
-    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N]
+    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N] [--missing-samples N]
     python -m experiments.evaluate RUN --split validation [--ood-file PATH ...]
 
 `RUN` is a run uuid (looked up under the experiments path of the nearest `.labml.yaml`) or a run
@@ -56,6 +56,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--device', default=None, help="auto, cpu, cuda or cuda:N (default: the run's device)")
     parser.add_argument('--fgsm-samples', type=int, default=2000, metavar='N',
                         help='test images attacked by FGSM (default 2000; 0 skips the FGSM sweep)')
+    parser.add_argument('--missing-samples', type=int, default=2000, metavar='N',
+                        help='test images of the missing-pixel sweep (default 2000; 0 skips it)')
     parser.add_argument('--split', choices=list(SPLIT_FILES), default='test',
                         help='test (default), or validation: the run\'s held-out split with the OOD dataset\'s '
                              'training split, for model selection; no figures; writes '
@@ -63,6 +65,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.fgsm_samples < 0:
         parser.error('--fgsm-samples must be >= 0')
+    if args.missing_samples < 0:
+        parser.error('--missing-samples must be >= 0')
     return args
 
 
@@ -76,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from experiments.evaluation.output import EvaluateWriteError, format_table
     try:
         run_dir, results = evaluate(args.run, ood_files=args.ood_file, data_dir=args.data_dir, device=args.device,
-                           fgsm_samples=args.fgsm_samples, split=args.split, started=started)
+                           fgsm_samples=args.fgsm_samples, missing_samples=args.missing_samples, split=args.split, started=started)
     except DataError as e:
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if 'files not found' in str(e) else '')

@@ -320,6 +320,39 @@ def fgsm_plot(eps: ArrayLike, accuracy: ArrayLike, mean_entropy: ArrayLike, path
     return _save(fig, path)
 
 
+def missing_pixels_plot(curves: Mapping[str, Mapping], path: PathLike, *, num_classes: Optional[int] = None) -> Path:
+    """cirkit's tutorial figure, for one run or several: accuracy (left) and mean predictive entropy (middle)
+    against the fraction of uniformly random missing pixels, and accuracy per structured pattern (right).
+
+    `curves`: `{label: the missing_pixels block of an evaluation.json}` (`fractions`, `accuracy`,
+    `mean_score['entropy']`, `patterns`, `missing_pixels`: how the run treated them)."""
+    if not curves:
+        raise ValueError("`curves` is empty")
+    fig = Figure(figsize=(13, 3.8))
+    ax_acc, ax_ent, ax_pat = fig.subplots(1, 3)
+    names = list(next(iter(curves.values()))['patterns'])
+    width = 0.8 / len(curves)
+    for i, (label, block) in enumerate(curves.items()):
+        how = 'integrated out' if block['missing_pixels'].startswith('integrated') else 'filled with black'
+        line, = ax_acc.plot(block['fractions'], block['accuracy'], marker='o', label=f'{label} ({how})')
+        ax_ent.plot(block['fractions'], block['mean_score']['entropy'], marker='o', color=line.get_color())
+        ax_pat.bar(np.arange(len(names)) + (i - (len(curves) - 1) / 2) * width,
+                   [block['patterns'][n]['accuracy'] for n in names], width, color=line.get_color())
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.set_xlabel('fraction of pixels missing (uniformly random)')
+    ax_acc.set_ylabel('accuracy')
+    ax_acc.legend(fontsize=7)
+    ax_ent.set_ylim(0, math.log(num_classes) * 1.02 if num_classes else None)
+    ax_ent.set_xlabel('fraction of pixels missing (uniformly random)')
+    ax_ent.set_ylabel('mean entropy (nats)')
+    ax_pat.set_xticks(np.arange(len(names)), [n.replace('_', ' ') for n in names], rotation=20, fontsize=8)
+    ax_pat.set_ylim(0, 1.02)
+    ax_pat.set_ylabel('accuracy')
+    n = next(iter(curves.values()))['n_samples']
+    fig.suptitle(f"Missing pixels (first {n:,} test images)")
+    return _save(fig, path)
+
+
 def extreme_uncertainty_grid(images: ArrayLike, u: ArrayLike, evidence: ArrayLike, labels: ArrayLike,
                              preds: ArrayLike, path: PathLike, *, k: int = 8) -> Path:
     """The `k` test images with the lowest $u$ (top two rows) and the `k` with

@@ -70,6 +70,15 @@ def check_family_contract(name: str, project: Path, data_dir: Path) -> Path:
     caps = family.capabilities
     assert ('u' in own) == caps.dirichlet and ('mutual_information' in own) == caps.samples
     assert ('rotation' in result) == caps.dirichlet and ('fgsm' in result) == caps.input_gradients
+    # missing pixels, for every family: integrated out by the circuit, filled with black for the others
+    sweep = result['missing_pixels']
+    assert sweep['missing_pixels'].startswith('integrated' if caps.marginalises_missing else 'filled')
+    assert len(sweep['accuracy']) == len(sweep['fractions']) == 10 and len(sweep['patterns']) == 5
+    assert set(sweep['mean_score']) == {'entropy', 'msp', *own}
+    no_missing = float((npz['id/probs'][:sweep['n_samples']].argmax(1) == npz['id/labels'][:sweep['n_samples']]).mean())
+    # (sampling families draw new samples: close, not equal)
+    assert sweep['accuracy'][0] == pytest.approx(no_missing, abs=0.1 if caps.samples else 1e-6)
+    assert 'eval_missing_pixels.png' in result['figures'].values()
     return resumed
 
 

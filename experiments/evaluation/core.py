@@ -11,7 +11,7 @@ from experiments.evaluation.inputs import default_ood, load_ood_files
 
 
 def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = None, device: Optional[str] = None,
-             fgsm_samples: int = 2000, split: str = 'test', started: Optional[float] = None,
+             fgsm_samples: int = 2000, missing_samples: int = 2000, split: str = 'test', started: Optional[float] = None,
              log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
     """
     Evaluates `run` (a uuid or run folder) and writes the results into its folder; returns the folder and the
@@ -25,6 +25,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         raise EvaluateError(f"split must be one of {', '.join(SPLIT_FILES)}, got {split!r}")
     if fgsm_samples < 0:
         raise EvaluateError('--fgsm-samples must be >= 0')
+    if missing_samples < 0:
+        raise EvaluateError('--missing-samples must be >= 0')
     # ---- everything that can fail on bad input, before anything is written
     ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
     import torch
@@ -77,7 +79,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
         sweeps, sweep_notes = ({}, []) if selecting else run_sweeps(
             family.capabilities,
-            SweepContext(conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), fgsm_samples))
+            SweepContext(conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), fgsm_samples, missing_samples,
+                         family.capabilities))
         for note in sweep_notes:
             log(f"note: {note}")
 

@@ -15,6 +15,7 @@ FIGURES = {
     'rotated_digit': 'eval_rotated_digit.png',
     'fgsm': 'eval_fgsm.png',
     'extreme_uncertainty': 'eval_extreme_uncertainty.png',
+    'missing_pixels': 'eval_missing_pixels.png',
 }
 
 
@@ -56,6 +57,9 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
         f = sweeps['fgsm']
         figures.fgsm_plot(f['eps'], f['accuracy'], f['mean_entropy'], path('fgsm'), num_classes=k,
                           label=f"{conf.dataset.name} test, first {f['n_samples']}")
+    if 'missing_pixels' in sweeps:
+        figures.missing_pixels_plot({f"{conf.dataset.name} test": sweeps['missing_pixels']}, path('missing_pixels'),
+                                    num_classes=k)
     if test_evidence is not None and 'u' in id_arrays:
         images = (test.images.cpu() * spec.std + spec.mean).clamp(0, 1)
         figures.extreme_uncertainty_grid(images, id_arrays['u'], test_evidence.cpu(), labels, preds,
