@@ -12,18 +12,19 @@ H, W, V, K = 3, 2, 3, 2
 
 
 #: (layer type, region graph, input units, sum units): every structure the family can build
-STRUCTURES = [('cp', 'quad-tree-2', 3, 3), ('cp', 'quad-tree-2', 2, 4), ('cp', 'random-binary-tree', 3, 2),
-              ('tucker', 'quad-tree-2', 2, 3), ('tucker', 'random-binary-tree', 3, 3)]
+STRUCTURES = [('cp', 'quad-tree-2', 3, 3, 'mixture'), ('cp', 'quad-tree-2', 2, 4, 'layer'),
+              ('cp', 'random-binary-tree', 3, 2, 'mixture'), ('tucker', 'quad-tree-2', 2, 3, 'mixture'),
+              ('tucker', 'random-binary-tree', 3, 3, 'layer')]
 
 
 @pytest.fixture(params=STRUCTURES, ids=['-'.join(map(str, s)) for s in STRUCTURES])
 def circuit(request) -> PixelCircuit:
-    layer_type, region_graph, n_in, n_sum = request.param
+    layer_type, region_graph, n_in, n_sum, root_layer = request.param
     torch.manual_seed(0)
     # float64 and spread-out parameters, so that a wrong sum or product shows above round-off
     return PixelCircuit(n_classes=K, height=H, width=W, num_input_units=n_in, num_sum_units=n_sum,
                         n_categories=V, layer_type=layer_type, region_graph=region_graph, graph_seed=3,
-                        init_std=2.).double()
+                        root_layer=root_layer, init_std=2.).double()
 
 
 def all_images() -> torch.Tensor:
@@ -57,6 +58,11 @@ def test_structure_sizes():
     assert len(tucker.layer_logits) == 10
     with pytest.raises(ValueError, match='layer_type'):
         PixelCircuit(layer_type='dense')
+    # cirkit's class outputs: the last layer has one unit per class, no root mixture
+    top = PixelCircuit(num_input_units=4, num_sum_units=6, root_layer='layer')
+    assert tuple(top.layer_logits[-1].shape) == (2, 6, 10) and top.root_logits is None
+    with pytest.raises(ValueError, match='root_layer'):
+        PixelCircuit(root_layer='product')
 
 
 def test_normalised_per_class(circuit):

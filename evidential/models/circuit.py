@@ -35,9 +35,10 @@ per training step here than this one (8-64 units, batch 128, 2 CPU threads), at 
   Everything is computed in log-space: $\log \sum_i W_{i,o} h_i$ with the max-shift
   ("log-einsum-exp") trick, and the product is a sum of logs. There is **no clamping** of log
   values (libcirkit 0.3.1 clamps at $-708.4$, so on $784$ pixels every output was the clamp).
-* **Root:** one sum layer per class over the root region's units,
-  $p(\mathbf{x} \mid y) = \sum_u w_{y,u}\, h_{\text{root},u}(\mathbf{x})$. (A CP layer straight to
-  the classes would make the two image halves independent given $y$.)
+* **Root** (`root_layer`): `mixture`, one sum layer per class over the root region's units,
+  $p(\mathbf{x} \mid y) = \sum_u w_{y,u}\, h_{\text{root},u}(\mathbf{x})$; or `layer`, cirkit's `num_classes`:
+  the last sum-product layer has one unit per class (with CP, the two image halves are independent given $y$,
+  each a class-specific mixture).
 
 ## Marginalisation
 
@@ -82,6 +83,9 @@ def log_matmul_exp(log_h: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
 REGION_GRAPHS = ('quad-tree-2', 'random-binary-tree')
 #: Sum-product layers: `cp` (mix each child, multiply) or `tucker` (multiply every pair of units, mix)
 LAYER_TYPES = ('cp', 'tucker')
+#: How the classes come out: `mixture` (one sum unit per class over the root region's units) or `layer` (the
+#: last sum-product layer has one unit per class, as cirkit's `num_classes`)
+ROOT_LAYERS = ('mixture', 'layer')
 
 
 def region_layout(height: int, width: int, region_graph: str = 'quad-tree-2',
@@ -107,7 +111,8 @@ class PixelCircuit(nn.Module):
 
     def __init__(self, n_classes: int = 10, height: int = 28, width: int = 28, num_input_units: int = 8,
                  num_sum_units: int | None = None, n_categories: int = 256, layer_type: str = 'cp',
-                 region_graph: str = 'quad-tree-2', graph_seed: int = 0, init_std: float = 1.):
+                 region_graph: str = 'quad-tree-2', graph_seed: int = 0, root_layer: str = 'mixture',
+                 init_std: float = 1.):
         super().__init__()
         num_sum_units = num_input_units if num_sum_units is None else num_sum_units
         if min(n_classes, num_input_units, num_sum_units, n_categories) < 1:
@@ -115,6 +120,9 @@ class PixelCircuit(nn.Module):
                              f"got {n_classes}, {num_input_units}, {num_sum_units}, {n_categories}")
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"layer_type must be one of {', '.join(LAYER_TYPES)}, got {layer_type!r}")
+        if root_layer not in ROOT_LAYERS:
+            raise ValueError(f"root_layer must be one of {', '.join(ROOT_LAYERS)}, got {root_layer!r}")
+        self.root_layer = root_layer
         self.n_classes, self.height, self.width = n_classes, height, width
         self.num_input_units, self.num_sum_units = num_input_units, num_sum_units
         self.n_categories, self.layer_type, self.region_graph = n_categories, layer_type, region_graph
@@ -136,16 +144,21 @@ class PixelCircuit(nn.Module):
             n_regions //= 2
         while n_regions > 1:
             n_regions //= 2
-            shape = ((2 * n_regions, units, num_sum_units) if layer_type == 'cp'
-                     else (n_regions, units * units, num_sum_units))
+            # `root_layer='layer'`: the last layer's units are the classes
+            out = n_classes if n_regions == 1 and root_layer == 'layer' else num_sum_units
+            shape = (2 * n_regions, units, out) if layer_type == 'cp' else (n_regions, units * units, out)
             self.layer_logits.append(nn.Parameter(init_std * torch.randn(*shape)))
-            units = num_sum_units
-        # Root sum layer, one mixture per class: `[U, K]`
-        self.root_logits = nn.Parameter(init_std * torch.randn(units, n_classes))
+            units = out
+        if root_layer == 'layer' and units != n_classes:
+            raise ValueError(f"root_layer='layer' needs at least one sum-product layer; the {height}x{width} image "
+                             f"has too few pixels")
+        # Root sum layer, one mixture per class: `[U, K]` (none with `root_layer='layer'`)
+        self.root_logits = (nn.Parameter(init_std * torch.randn(units, n_classes)) if root_layer == 'mixture'
+                            else None)
 
     @property
     def device(self) -> torch.device:
-        return self.root_logits.device
+        return self.input_logits.device
 
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
@@ -193,6 +206,8 @@ class PixelCircuit(nn.Module):
                 # $\log h_{a,i} + \log h_{b,j}$ for every pair $(i, j)$: `[R, N, U_a U_b]`
                 outer = (pairs[:, 0, :, :, None] + pairs[:, 1, :, None, :]).flatten(2)
                 h = log_matmul_exp(outer, torch.log_softmax(logits, dim=1))      # [R, N, U]
+        if self.root_logits is None:
+            return h[0]                                                          # [N, K]
         log_root = torch.log_softmax(self.root_logits, dim=0)                    # [U, K]
         return torch.logsumexp(h[0][:, :, None] + log_root[None], dim=1)         # [N, K]
 
