@@ -31,7 +31,7 @@ from configs.cli import Preset, between
 from configs.experiment import MNISTExperimentConfigs
 from configs.registry import Capabilities, Family
 from evidential.data import dataset_spec
-from evidential.models.circuit import LAYER_TYPES, REGION_GRAPHS, ROOT_LAYERS, PixelCircuit, bits_per_dim, hybrid_loss, \
+from evidential.models.circuit import INPUT_LAYERS, LAYER_TYPES, REGION_GRAPHS, ROOT_LAYERS, PixelCircuit, bits_per_dim, hybrid_loss, \
     neg_log_density
 from evidential.prediction import Prediction
 
@@ -44,6 +44,7 @@ class CircuitConfigs(MNISTExperimentConfigs):
     * `num_input_units`, `num_sum_units`: categorical units per pixel, sum units per region (the tutorial: 64, 64)
     * `layer_type`: `cp` (the tutorial's) or `tucker`
     * `root_layer`: `layer` (the tutorial's: the last layer's units are the classes) or `mixture`
+    * `input_layer`: `categorical` (the tutorial's) or `binomial`
     * `lam`: weight $\\lambda$ of the discriminative term (1 = discriminative, 0 = generative)
     """
     experiment_name: str = 'circuit_mnist'
@@ -57,8 +58,10 @@ class CircuitConfigs(MNISTExperimentConfigs):
     # `layer` (cirkit's `num_classes`: the last sum-product layer has one unit per class) or `mixture` (one sum
     # unit per class over the root region's units)
     root_layer: str = 'layer'
+    # `categorical` over the 256 pixel values (the tutorial's) or `binomial` (one parameter per unit)
+    input_layer: str = 'categorical'
     # $\lambda$: weight of $-\log p(y | x)$; $1 - \lambda$ weighs $-\log p(x | y) / D$
-    lam: float = 0.5
+    lam: float = 0.25
     # Standard deviation of the initial (unnormalised log-) parameters
     init_std: float = 1.0
 
@@ -114,6 +117,7 @@ def _circuit(c: CircuitConfigs) -> nn.Module:
     torch.manual_seed(c.seed)
     model = PixelCircuit(c.n_classes, 28, 28, c.num_input_units, c.num_sum_units, layer_type=c.layer_type,
                          region_graph=c.region_graph, graph_seed=c.seed, root_layer=c.root_layer,
+                         input_layer=c.input_layer,
                          init_std=c.init_std)
     return model.to(c.dataset.train.images.device)
 
@@ -126,7 +130,8 @@ DEFAULTS = {
     'num_sum_units': 32,
     'layer_type': 'cp',
     'root_layer': 'layer',
-    'lam': 0.5,
+    'input_layer': 'categorical',
+    'lam': 0.25,
     'init_std': 1.0,
     'optimizer.optimizer': 'Adam',
     'optimizer.learning_rate': 0.02,
@@ -139,13 +144,12 @@ DEFAULTS = {
 
 PRESETS = {
     'cirkit': Preset(
-        "cirkit's MNIST classifier tutorial: the circuit's size and training, as this app can run them",
-        {'num_input_units': 64, 'num_sum_units': 64, 'layer_type': 'cp', 'region_graph': 'quad-tree-2', 'lam': 0.25,
+        "cirkit's MNIST classifier tutorial: its circuit size and training (its best lambda, 0.25, is the default)",
+        {'num_input_units': 64, 'num_sum_units': 64, 'layer_type': 'cp', 'region_graph': 'quad-tree-2',
          'optimizer.optimizer': 'Adam', 'optimizer.learning_rate': 0.02, 'lr_schedule': 'constant',
          'train_batch_size': 256, 'epochs': 10, 'holdout': 0.2},
         {'num_input_units': 'num_input_units=64, num_sum_units=64', 'layer_type': "sum_product_layer='cp'",
          'region_graph': "the tutorial's 'quad-graph' is not implemented here; quad-tree-2 is its tree-shaped variant",
-         'lam': 'the best test accuracy of its five lambdas (96.57 %)',
          'optimizer.optimizer': 'torch.optim.Adam(lr=0.02), no schedule', 'train_batch_size': 'batch size 256',
          'epochs': 'max_num_epochs = 10 (it also stops early on validation accuracy, patience 3: not here)',
          'holdout': 'an 80 / 20 split of the training set'}),
@@ -169,6 +173,7 @@ FAMILY = Family(
     defaults=DEFAULTS,
     presets=PRESETS,
     checks={'region_graph': _choice(REGION_GRAPHS), 'layer_type': _choice(LAYER_TYPES), 'root_layer': _choice(ROOT_LAYERS),
+            'input_layer': _choice(INPUT_LAYERS),
             'num_input_units': between(1, 1024), 'num_sum_units': between(1, 1024),
             'lam': lambda v: None if 0 <= v <= 1 else 'must be in [0, 1]', 'init_std': lambda v: None
             if 0 < v <= 100 else 'must be in (0, 100]'},

@@ -12,19 +12,21 @@ H, W, V, K = 3, 2, 3, 2
 
 
 #: (layer type, region graph, input units, sum units): every structure the family can build
-STRUCTURES = [('cp', 'quad-tree-2', 3, 3, 'mixture'), ('cp', 'quad-tree-2', 2, 4, 'layer'),
-              ('cp', 'random-binary-tree', 3, 2, 'mixture'), ('tucker', 'quad-tree-2', 2, 3, 'mixture'),
-              ('tucker', 'random-binary-tree', 3, 3, 'layer')]
+STRUCTURES = [('cp', 'quad-tree-2', 3, 3, 'mixture', 'categorical'), ('cp', 'quad-tree-2', 2, 4, 'layer', 'categorical'),
+              ('cp', 'quad-tree-2', 3, 2, 'layer', 'binomial'),
+              ('cp', 'random-binary-tree', 3, 2, 'mixture', 'categorical'),
+              ('tucker', 'quad-tree-2', 2, 3, 'mixture', 'binomial'),
+              ('tucker', 'random-binary-tree', 3, 3, 'layer', 'categorical')]
 
 
 @pytest.fixture(params=STRUCTURES, ids=['-'.join(map(str, s)) for s in STRUCTURES])
 def circuit(request) -> PixelCircuit:
-    layer_type, region_graph, n_in, n_sum, root_layer = request.param
+    layer_type, region_graph, n_in, n_sum, root_layer, input_layer = request.param
     torch.manual_seed(0)
     # float64 and spread-out parameters, so that a wrong sum or product shows above round-off
     return PixelCircuit(n_classes=K, height=H, width=W, num_input_units=n_in, num_sum_units=n_sum,
                         n_categories=V, layer_type=layer_type, region_graph=region_graph, graph_seed=3,
-                        root_layer=root_layer, init_std=2.).double()
+                        root_layer=root_layer, input_layer=input_layer, init_std=2.).double()
 
 
 def all_images() -> torch.Tensor:
@@ -63,6 +65,18 @@ def test_structure_sizes():
     assert tuple(top.layer_logits[-1].shape) == (2, 6, 10) and top.root_logits is None
     with pytest.raises(ValueError, match='root_layer'):
         PixelCircuit(root_layer='product')
+    with pytest.raises(ValueError, match='input_layer'):
+        PixelCircuit(input_layer='gaussian')
+
+
+def test_binomial_inputs_against_torch_distributions():
+    torch.manual_seed(5)
+    model = PixelCircuit(n_classes=2, height=2, width=2, num_input_units=3, input_layer='binomial').double()
+    x = torch.randint(256, (7, 4))
+    theta = model.input_logits[:, 0]                                             # [D, U]
+    expected = torch.distributions.Binomial(255, logits=theta[:, None, :]).log_prob(x.t()[:, :, None].double())
+    torch.testing.assert_close(model.input_log_probs(x), expected)
+    assert model.input_logits.numel() == 4 * 3
 
 
 def test_normalised_per_class(circuit):

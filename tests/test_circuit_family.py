@@ -120,3 +120,14 @@ def test_circuit_options_are_checked(workdir, synthetic_data_dir, monkeypatch, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and bad.split('=')[0] in err[0]
     assert not (workdir / 'logs').exists()
+
+
+def test_binomial_inputs_train(workdir, synthetic_data_dir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert train('circuit_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu',
+                                   'input_layer=binomial', 'region_graph=random-binary-tree']) == 0
+    (run,) = (workdir / 'logs' / 'circuit_mnist').iterdir()
+    _, conf, _, state = load_trained(run.name)
+    assert tuple(conf.model.input_logits.shape) == (784, 1, 2) and state['status'] == 'completed'
+    # the random region graph is saved with the weights
+    assert not torch.equal(state['model']['slot_to_pixel'][:4], torch.tensor([0, 1, 28, 29]))

@@ -22,7 +22,9 @@ per training step here than this one (8-64 units, batch 128, 2 CPU threads), at 
   `random-binary-tree` shuffles the slots (seeded): RAT-SPN's random splits. Every level is one
   batched matrix product.
 * **Inputs:** every pixel $d$ has `num_input_units` categorical distributions over its `n_categories`
-  values, $\log \phi_{d,u}(x_d) = \text{log\_softmax}(\theta_{d,u})_{x_d}$.
+  values, $\log \phi_{d,u}(x_d) = \text{log\_softmax}(\theta_{d,u})_{x_d}$ (the tutorial's), or binomial ones,
+  $\phi_{d,u}(x_d) = \binom{V-1}{x_d} p_{d,u}^{x_d} (1 - p_{d,u})^{V - 1 - x_d}$, $p = \sigma(\theta)$: one parameter
+  instead of $V$ per unit, and nearby intensities alike.
 * **Inner layers** (`num_sum_units` units per region), a region $r$ with children $a$ and $b$:
   - `cp` (cirkit's `sum_product_layer='cp'`, the default):
     $h_{r,o} = \big(\sum_i W^{(a)}_{r,i,o} h_{a,i}\big) \big(\sum_i W^{(b)}_{r,i,o} h_{b,i}\big)$.
@@ -53,6 +55,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def morton_layout(height: int, width: int) -> tuple[int, torch.Tensor]:
@@ -83,6 +86,9 @@ def log_matmul_exp(log_h: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
 REGION_GRAPHS = ('quad-tree-2', 'random-binary-tree')
 #: Sum-product layers: `cp` (mix each child, multiply) or `tucker` (multiply every pair of units, mix)
 LAYER_TYPES = ('cp', 'tucker')
+#: Input distributions of a pixel: `categorical` over its values (one probability per value) or `binomial`
+#: (one success probability: values `n_categories - 1` trials; far fewer parameters, nearby values alike)
+INPUT_LAYERS = ('categorical', 'binomial')
 #: How the classes come out: `mixture` (one sum unit per class over the root region's units) or `layer` (the
 #: last sum-product layer has one unit per class, as cirkit's `num_classes`)
 ROOT_LAYERS = ('mixture', 'layer')
@@ -112,7 +118,7 @@ class PixelCircuit(nn.Module):
     def __init__(self, n_classes: int = 10, height: int = 28, width: int = 28, num_input_units: int = 8,
                  num_sum_units: int | None = None, n_categories: int = 256, layer_type: str = 'cp',
                  region_graph: str = 'quad-tree-2', graph_seed: int = 0, root_layer: str = 'mixture',
-                 init_std: float = 1.):
+                 input_layer: str = 'categorical', init_std: float = 1.):
         super().__init__()
         num_sum_units = num_input_units if num_sum_units is None else num_sum_units
         if min(n_classes, num_input_units, num_sum_units, n_categories) < 1:
@@ -120,6 +126,9 @@ class PixelCircuit(nn.Module):
                              f"got {n_classes}, {num_input_units}, {num_sum_units}, {n_categories}")
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"layer_type must be one of {', '.join(LAYER_TYPES)}, got {layer_type!r}")
+        if input_layer not in INPUT_LAYERS:
+            raise ValueError(f"input_layer must be one of {', '.join(INPUT_LAYERS)}, got {input_layer!r}")
+        self.input_layer = input_layer
         if root_layer not in ROOT_LAYERS:
             raise ValueError(f"root_layer must be one of {', '.join(ROOT_LAYERS)}, got {root_layer!r}")
         self.root_layer = root_layer
@@ -131,8 +140,10 @@ class PixelCircuit(nn.Module):
         self.side = side
         # Saved with the weights: a checkpoint carries its own (possibly random) region graph
         self.register_buffer('slot_to_pixel', slot_to_pixel)
-        # Categorical logits $\theta$: `[D, V, U_in]` (real pixels only; padding slots have no parameters)
-        self.input_logits = nn.Parameter(init_std * torch.randn(self.n_pixels, n_categories, num_input_units))
+        # Categorical logits $\theta$: `[D, V, U_in]`, or binomial logits `[D, 1, U_in]` (real pixels only; padding
+        # slots have no parameters)
+        n_params = n_categories if input_layer == 'categorical' else 1
+        self.input_logits = nn.Parameter(init_std * torch.randn(self.n_pixels, n_params, num_input_units))
         # One layer per tree level, leaves upwards: unnormalised log-weights `[regions, inputs, outputs]`.
         # CP: `[2 R, U_child, U]`, one matrix per child. Its first level needs none: a mixture of categoricals
         # over one pixel is itself a categorical, so those layers are absorbed into the input distributions
@@ -174,10 +185,18 @@ class PixelCircuit(nn.Module):
         if ((x < 0) | (x >= self.n_categories)).any():
             raise ValueError(f"pixel values must lie in [0, {self.n_categories})")
         n = x.shape[0]
-        # Logits stored `[D, V, U]`, so that a gather along V gives `[D, N, U]` directly
-        log_phi = torch.log_softmax(self.input_logits, dim=1)                    # [D, V, U]
-        index = x.t()[:, :, None].expand(self.n_pixels, n, self.num_input_units)
-        out = torch.gather(log_phi, 1, index)                                    # [D, N, U]
+        if self.input_layer == 'categorical':
+            # Logits stored `[D, V, U]`, so that a gather along V gives `[D, N, U]` directly
+            log_phi = torch.log_softmax(self.input_logits, dim=1)                # [D, V, U]
+            index = x.t()[:, :, None].expand(self.n_pixels, n, self.num_input_units)
+            out = torch.gather(log_phi, 1, index)                                # [D, N, U]
+        else:
+            # $\log \binom{V - 1}{x} + x \log \sigma(\theta) + (V - 1 - x) \log \sigma(-\theta)$
+            trials = self.n_categories - 1
+            k = x.t().to(self.input_logits.dtype)[:, :, None]                   # [D, N, 1]
+            log_binom = math.lgamma(trials + 1) - torch.lgamma(k + 1) - torch.lgamma(trials - k + 1)
+            theta = self.input_logits                                            # [D, 1, U]
+            out = log_binom + k * F.logsigmoid(theta) + (trials - k) * F.logsigmoid(-theta)
         if missing_mask is not None:
             missing_mask = missing_mask.reshape(n, -1).to(device=x.device, dtype=torch.bool)
             if missing_mask.shape != x.shape:
