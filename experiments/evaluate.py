@@ -12,7 +12,8 @@ folder. The run's saved configuration is rebuilt and its last checkpoint loaded
 1. predictions: expected probabilities $\hat{p}$ and, for evidential runs, the uncertainty mass $u$;
 2. metrics (`evidential.metrics`): accuracy, NLL, Brier, ECE, AURC, misclassification AUROC, and
    per OOD set and score AUROC / AUPR / FPR95 with OOD as the positive class;
-3. the EDL paper's sweeps (`experiments.evaluation.sweeps`): a test "1" rotated 0–180° and FGSM attacks;
+3. sweeps (`experiments.evaluation.sweeps`): the EDL paper's rotated "1" (0–180°) and FGSM attacks, and
+   missing pixels (cirkit's tutorial: 0–90 % of the pixels, and structured patterns);
 4. written into the run folder: `evaluation.json`, `predictions.npz` (every number in the JSON can be
    recomputed from it) and PNG figures; the scalar results are appended to the run's labml log
    (`log.jsonl`, as `eval.*` indicators) and a table is printed.
