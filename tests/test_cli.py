@@ -1,9 +1,11 @@
-"""The command line of `python -m experiments.evidence_mnist`, as a real process."""
+"""The command line of `python -m experiments.evidence_mnist`: every bad input through the `main()` the
+process runs (in process, fast), and a few of them, `--help` and missing data as real processes."""
 import pytest
 
 from configs.cli import UsageError, coerce, parse_argv, parse_literal, schema, validate
 from configs.evidence import EvidenceConfigs
 from configs.evidence import DEFAULTS, PRESETS
+from experiments.evidence_mnist import main
 from tests.conftest import run_cli
 
 MODULE = 'experiments.evidence_mnist'
@@ -20,7 +22,7 @@ def test_help_lists_every_key_with_default_and_options(workdir):
     assert not (workdir / 'logs').exists()
 
 
-@pytest.mark.parametrize('args, message', [
+BAD_INPUT = [
     (['nonsense_key=1'], "unknown key 'nonsense_key'"),
     (['loss_func=mse'], 'loss_func=mse: unknown option; valid: max_likelihood_loss, cross_entropy_bayes_risk'),
     (['outputs_to_evidence=tanh'], 'valid: relu, softplus, exp'),
@@ -36,8 +38,26 @@ def test_help_lists_every_key_with_default_and_options(workdir):
     (['device=tpu'], 'device'),
     (['n_classes=3'], 'n_classes cannot be set'),
     (['resume=0123456789abcdef'], "no run with uuid '0123456789abcdef'"),
-])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, synthetic_data_dir, args, message):
+]
+#: Also run as real processes: refused while parsing, by a range check, and by a look-up of the run folder
+REAL_PROCESS_CASES = [BAD_INPUT[0], BAD_INPUT[5], BAD_INPUT[14]]
+
+
+@pytest.mark.parametrize('args, message', BAD_INPUT)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, synthetic_data_dir, args, message, monkeypatch,
+                                                            capsys):
+    """In process: `main(argv)` is what `python -m experiments.evidence_mnist` runs and exits with."""
+    monkeypatch.chdir(workdir)
+    assert main([f'data_dir={synthetic_data_dir}', *args]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('error: ') and message in last, last
+    assert 'Traceback' not in err
+    assert not (workdir / 'logs').exists()
+
+
+@pytest.mark.parametrize('args, message', REAL_PROCESS_CASES)
+def test_bad_input_as_a_real_process_exits_2_with_one_line(workdir, synthetic_data_dir, args, message):
     r = run_cli(MODULE, f'data_dir={synthetic_data_dir}', *args, cwd=workdir, timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     last = r.stderr.strip().splitlines()[-1]
@@ -46,21 +66,23 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, synthetic_d
     assert not (workdir / 'logs').exists()
 
 
-def test_missing_data_exits_2_saying_where_to_put_files(workdir, tmp_path):
+def test_missing_data_exits_2_saying_where_to_put_files(workdir, tmp_path, monkeypatch, capsys):
     empty = tmp_path / 'empty'
     empty.mkdir()
     r = run_cli(MODULE, f'data_dir={empty}', 'preset=smoke', cwd=workdir, timeout=120)
     assert r.returncode == 2
     assert 'Put the uncompressed IDX files' in r.stderr and str(empty / 'MNIST' / 'raw') in r.stderr
     assert not (workdir / 'logs').exists()
-    # download=False: no download is tried, the files the run needs are named
+    # download=False (in process, the same `main`): no download is tried, the files the run needs are named
     empty = tmp_path / 'empty2'
     empty.mkdir()
-    r = run_cli(MODULE, f'data_dir={empty}', 'preset=smoke', 'download=False', cwd=workdir, timeout=120)
-    assert r.returncode == 2
-    last = r.stderr.strip().splitlines()[-1]
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    assert main([f'data_dir={empty}', 'preset=smoke', 'download=False']) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
     assert 'mnist files not found' in last and str(empty / 'MNIST' / 'raw' / 'train-images-idx3-ubyte') in last, last
-    assert 'download failed' not in r.stderr and not (empty / 'MNIST').exists()
+    assert 'download failed' not in err and not (empty / 'MNIST').exists()
     assert not (workdir / 'logs').exists()
 
 
