@@ -141,18 +141,36 @@ def _bad_files(folder: Path) -> dict:
     return out
 
 
-def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, monkeypatch):
+#: `_bad_files` cases also run as real processes (all of them run in process, through `evaluate.main`)
+REAL_PROCESS_CASES = ('not a .npy file', 'good, then bad')
+
+
+def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, monkeypatch, capsys):
+    """Every case through `evaluate.main` (what `python -m experiments.evaluate` runs and exits with), two of them
+    and a wrong `--data-dir` also as real processes."""
+    from experiments import evaluate
     run = _train_smoke_run(workdir, synthetic_data_dir, monkeypatch)
     before = _snapshot(run)
-    for case, paths in _bad_files(workdir / 'bad').items():
+    bad = _bad_files(workdir / 'bad')
+
+    def check(case, paths, code, err, out=''):
+        assert code == 2, (case, out[-1000:], err[-2000:])
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: --ood-file '), (case, err)
+        assert paths[-1].name in lines[0], (case, lines[0])
+        assert _snapshot(run) == before, case
+
+    capsys.readouterr()
+    for case, paths in bad.items():
+        args = [a for p in paths for a in ('--ood-file', str(p))]
+        code = evaluate.main([run.name, *args, '--data-dir', str(synthetic_data_dir), '--device', 'cpu'])
+        check(case, paths, code, capsys.readouterr().err)
+    for case in REAL_PROCESS_CASES:
+        paths = bad[case]
         args = [a for p in paths for a in ('--ood-file', str(p))]
         r = run_cli(MODULE, run.name, *args, '--data-dir', str(synthetic_data_dir), '--device', 'cpu',
                     cwd=workdir, timeout=120)
-        assert r.returncode == 2, (case, r.stdout[-1000:], r.stderr[-2000:])
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith('error: --ood-file '), (case, r.stderr)
-        assert paths[-1].name in lines[0], (case, lines[0])
-        assert _snapshot(run) == before, case
+        check(case, paths, r.returncode, r.stderr, r.stdout)
 
     # a wrong --data-dir is an error naming the option; nothing is downloaded or created there
     missing = workdir / 'no_data_here'
@@ -164,7 +182,7 @@ def test_bad_ood_files_exit_2_and_write_nothing(workdir, synthetic_data_dir, mon
     assert _snapshot(run) == before
 
 
-def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monkeypatch):
+def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monkeypatch, capsys):
     """`--split validation`: the held-out images and Fashion-MNIST's training split, nothing of the test run touched."""
     from configs.runner import load_trained
     monkeypatch.chdir(workdir)
@@ -194,19 +212,21 @@ def test_validation_split_for_model_selection(workdir, synthetic_data_dir, monke
     assert {k: after[k] for k in before} == before
 
     # compare reads the held-out evaluations with --split validation, and says what is missing without it
-    r = run_cli('experiments.compare', held_out.name, '--split', 'validation', '--out', str(workdir / 'cmp'),
-                cwd=workdir, timeout=120)
-    assert r.returncode == 0, r.stderr
+    # (in process, through the `main`s the commands run; compare as a process: test_compare.py)
+    from experiments import compare, evaluate
+    capsys.readouterr()
+    assert compare.main([held_out.name, '--split', 'validation', '--out', str(workdir / 'cmp')]) == 0, \
+        capsys.readouterr().err
     table = json.loads((workdir / 'cmp' / 'comparison.json').read_text())
     assert table['rows'][0]['values']['accuracy'] == pytest.approx(result['id']['accuracy'])
-    r = run_cli('experiments.compare', held_out.name, cwd=workdir, timeout=120)
-    assert r.returncode == 2 and 'has not been evaluated on its test set' in r.stderr
+    capsys.readouterr()
+    assert compare.main([held_out.name]) == 2
+    assert 'has not been evaluated on its test set' in capsys.readouterr().err
 
     # a run without a held-out split cannot be evaluated this way: one line, exit 2, nothing written
     before = _snapshot(no_holdout)
-    r = run_cli(MODULE, no_holdout.name, '--split', 'validation', '--device', 'cpu', cwd=workdir, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
+    assert evaluate.main([no_holdout.name, '--split', 'validation', '--device', 'cpu']) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: run {no_holdout.name} has no held-out split (it was trained with holdout=0 and validated on "
         f"the test set); train with holdout > 0 to select on held-out data"]
     assert _snapshot(no_holdout) == before
