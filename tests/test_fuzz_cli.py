@@ -2,8 +2,8 @@
 
 The contract: `configs.cli.resolve` either returns (the values are accepted, and are then of the key's type,
 finite and within the bounds) or raises `UsageError` with a one-line, printable message - never another
-exception. In process with Hypothesis (many examples, fast), then a handful of the same values as real
-processes: exit 2, one stderr line, no run folder.
+exception. In process with Hypothesis (many examples, fast); then a handful of values through the entry point's
+`main()` in process, and two of them as real processes: exit 2, one stderr line, no run folder.
 """
 import contextlib
 import io
@@ -161,16 +161,35 @@ def test_every_family_bounds_its_counts():
 
 
 # --------------------------------------------------------------------------------------------- real processes
-REAL_PROCESS_CASES = [
+#: Bad values that get past `resolve`'s types, each through `main()` in process; the first two also as real processes
+PROCESS_CASES = [
     (['epochs=1e100'], 'epochs=1e100: is too large'),  # was accepted, made a run folder, then OverflowError in labml
-    (['optimizer.learning_rate=nan'], 'must be a finite number'),
     (['train_batch_size=60000'], 'train_batch_size=60000 is larger than the training set (512 images); use at most 512'),
+    (['optimizer.learning_rate=nan'], 'must be a finite number'),
     (['resume=' + 'a' * 300], 'no run with uuid'),
 ]
+REAL_PROCESS_CASES = PROCESS_CASES[:2]
+
+
+def _check_one_error_line(args, message, code, err, out=''):
+    assert code == 2, (args, out[-1000:], err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], (args, err)
+
+
+def test_bad_values_through_main_exit_2_with_one_line(workdir, synthetic_data_dir, monkeypatch, capsys):
+    """`experiments.evidence_mnist.main` (what the process runs and exits with): exit 2, one stderr line, no run folder."""
+    from experiments.evidence_mnist import main
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    for args, message in PROCESS_CASES:
+        code = main(['preset=smoke', f'data_dir={synthetic_data_dir}', *args])
+        _check_one_error_line(args, message, code, capsys.readouterr().err)
+    assert not (workdir / 'logs').exists()
 
 
 def test_bad_values_as_real_processes_exit_2_with_one_line(workdir, synthetic_data_dir):
-    """A handful of the generated cases as real processes, run side by side: exit 2, one stderr line, no run folder."""
+    """Two of them as real processes, run side by side: exit 2, one stderr line, no run folder."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(case):
@@ -181,7 +200,5 @@ def test_bad_values_as_real_processes_exit_2_with_one_line(workdir, synthetic_da
     with ThreadPoolExecutor(len(REAL_PROCESS_CASES)) as pool:
         results = list(pool.map(one, REAL_PROCESS_CASES))
     for (args, message), r in zip(REAL_PROCESS_CASES, results):
-        assert r.returncode == 2, (args, r.stdout[-1000:], r.stderr[-2000:])
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], (args, r.stderr)
+        _check_one_error_line(args, message, r.returncode, r.stderr, r.stdout)
     assert not (workdir / 'logs').exists()

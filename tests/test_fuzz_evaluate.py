@@ -1,8 +1,9 @@
 """Generated bad input for `experiments.evaluate` (issue 21): `--ood-file` contents and the arguments.
 
 `load_ood_files` either returns `uint8 [N, 28, 28]` arrays or raises `EvaluateError` with a one-line message -
-never another exception, never an unpickled object. In process with Hypothesis; then the arguments and a
-pickle with side effects as real processes (exit 2, nothing written).
+never another exception, never an unpickled object. In process with Hypothesis; then bad arguments and a
+pickle with side effects through `evaluate.main`, the pickle and a bad device also as real processes (exit 2,
+nothing written).
 """
 import os
 import pickle
@@ -147,9 +148,12 @@ def test_odd_paths_are_refused_in_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- real processes
-def test_evaluate_arguments_and_pickles_as_real_processes(workdir, synthetic_data_dir, monkeypatch, tmp_path):
-    """Bad arguments and pickled --ood-files, side by side: exit 2, an error line last, nothing written or run."""
+def test_evaluate_arguments_and_pickles_as_real_processes(workdir, synthetic_data_dir, monkeypatch, tmp_path, capsys):
+    """Bad arguments and pickled --ood-files: exit 2, an error line last, nothing written or run. Every case through
+    `evaluate.main` in process (what the command runs; argparse's refusals exit from it), the pickles and the device
+    also as real processes, side by side."""
     from concurrent.futures import ThreadPoolExecutor
+    from experiments import evaluate
     from experiments.evidence_mnist import main as train
     monkeypatch.chdir(workdir)
     assert train(['preset=smoke', f'data_dir={synthetic_data_dir}', 'train_batch_size=128', 'device=cpu']) == 0
@@ -163,16 +167,28 @@ def test_evaluate_arguments_and_pickles_as_real_processes(workdir, synthetic_dat
         ([run.name, '--fgsm-samples', '-1'], '--fgsm-samples must be >= 0'),
         ([run.name, '--split', 'nope'], "invalid choice: 'nope'"),
     ]
+    real_cases = cases[:2]
+
+    def check(args, message, code, err, out=''):
+        assert code == 2, (args[1:], out[-1000:], err[-2000:])
+        assert 'Traceback' not in err, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert message in last, (args[1:], last)
+
+    capsys.readouterr()
+    for args, message in cases:
+        try:
+            code = evaluate.main(list(args))
+        except SystemExit as e:  # argparse
+            code = e.code
+        check(args, message, code, capsys.readouterr().err)
 
     def one(case):
         return run_cli('experiments.evaluate', *case[0], cwd=workdir, timeout=180)
 
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(one, cases))
-    for (args, message), r in zip(cases, results):
-        assert r.returncode == 2, (args[1:], r.stdout[-1000:], r.stderr[-2000:])
-        assert 'Traceback' not in r.stderr, r.stderr[-3000:]
-        last = r.stderr.strip().splitlines()[-1]
-        assert message in last, (args[1:], last)
+    with ThreadPoolExecutor(len(real_cases)) as pool:
+        results = list(pool.map(one, real_cases))
+    for (args, message), r in zip(real_cases, results):
+        check(args, message, r.returncode, r.stderr, r.stdout)
     assert not marker.exists()
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
