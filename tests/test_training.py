@@ -52,7 +52,7 @@ def test_every_loss_head_schedule_trains_and_checkpoints(loss, workdir, syntheti
     assert len(_runs(workdir)) == len(combos) == len(EVIDENCE_HEADS) + len(KL_SCHEDULES) - 1
 
 
-def test_tracking_and_resume(workdir, synthetic_data_dir):
+def test_tracking_and_resume(workdir, synthetic_data_dir, monkeypatch, capsys):
     """A real process trains 2 epochs; labml logs hold the per-step and per-epoch indicators; resume adds 1 more."""
     r = run_cli('experiments.evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=2',
                 'kl_schedule=paper', 'optimizer.learning_rate=3e-3', cwd=workdir)
@@ -73,13 +73,15 @@ def test_tracking_and_resume(workdir, synthetic_data_dir):
     # the synthetic data is learnable
     assert state['history'][-1]['accuracy.valid'] > 0.5
 
-    # finished runs refuse to resume without more epochs
-    r = run_cli('experiments.evidence_mnist', f'resume={run.name}', cwd=workdir, timeout=120)
-    assert r.returncode == 2 and 'already finished its 2 epochs' in r.stderr
+    # finished runs refuse to resume without more epochs (in process: the `main` the command runs)
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    checkpoint = (run / CHECKPOINT_FILE).read_bytes()
+    assert main([f'resume={run.name}']) == 2 and 'already finished its 2 epochs' in capsys.readouterr().err
     # changing the architecture or the loss on resume is refused
-    r = run_cli('experiments.evidence_mnist', f'resume={run.name}', 'epochs=3', 'loss_func=max_likelihood_loss',
-                cwd=workdir, timeout=120)
-    assert r.returncode == 2 and 'cannot change loss_func' in r.stderr
+    assert main([f'resume={run.name}', 'epochs=3', 'loss_func=max_likelihood_loss']) == 2
+    assert 'cannot change loss_func' in capsys.readouterr().err
+    assert (run / CHECKPOINT_FILE).read_bytes() == checkpoint  # refused before anything was written
 
     before = load_checkpoint(run)
     r = run_cli('experiments.evidence_mnist', f'resume={run.name}', 'epochs=3', cwd=workdir)
