@@ -44,7 +44,7 @@ def _run(workdir, *args, timeout=300):
 
 
 def test_kill_9_then_resume_finishes_the_epochs(workdir, synthetic_data_dir):
-    epochs = 12
+    epochs = 6  # killed right after epoch 2's checkpoint: 4 epochs (several seconds) of margin, 4 resumed
     proc = _start(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', f'epochs={epochs}')
     run = _wait_for_checkpoint(workdir, proc, min_epoch=2)
     proc.send_signal(signal.SIGKILL)
