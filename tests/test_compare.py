@@ -31,6 +31,10 @@ def _flat(evaluation: dict) -> dict:
         for score, per_metric in per_score.items():
             for metric, v in per_metric.items():
                 out[f'ood/{set_name}/{score}/{metric}'] = v
+    # the missing-pixel sweep's accuracy at 20 % and 50 % of the pixels missing
+    sweep = evaluation['missing_pixels']
+    for fraction in (0.2, 0.5):
+        out[f'missing/{fraction:g}/accuracy'] = sweep['accuracy'][sweep['fractions'].index(fraction)]
     return out
 
 
