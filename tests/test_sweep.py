@@ -1,7 +1,9 @@
 """`python -m experiments.sweep`: grids, validation before anything runs, a smoke sweep against runs by hand,
 resuming after the sweep is killed, a failing run, and the Ray engine (local and a two-node cluster), the Ray
 parts only inside a network namespace that has nothing but loopback."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,6 +42,17 @@ def _state(project: Path, name: str) -> dict:
 def _runs(project: Path) -> list:
     folder = project / 'logs' / 'evidence_mnist'
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _sweep_in_process(project: Path, *args: str) -> SimpleNamespace:
+    """`experiments.sweep.main(args)` in `project`, its output captured: what `python -m experiments.sweep` runs
+    (its runs are real processes either way; the sweep itself as a real process, signals included:
+    `test_a_killed_sweep_finishes_only_what_was_missing`)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.chdir(project)
+        code = sweep_module.main(list(args))
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _rows(table: dict) -> list:
@@ -147,8 +161,8 @@ def local_sweep(tmp_path_factory, synthetic_data_dir):
     """The 2 × 2 smoke sweep, two runs at a time, evaluated on the test set."""
     project = _project(tmp_path_factory, 'sweep_local')
     started = time.perf_counter()
-    done = run_cli('experiments.sweep', 'evidence_mnist', *GRID, f'data_dir={synthetic_data_dir}', '--jobs', '2',
-                   *EVAL, '--name', 'grid', cwd=project)
+    done = _sweep_in_process(project, 'evidence_mnist', *GRID, f'data_dir={synthetic_data_dir}', '--jobs', '2',
+                             *EVAL, '--name', 'grid')
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return project, done, time.perf_counter() - started
 
@@ -176,8 +190,8 @@ def test_sweep_writes_its_state_and_the_table_over_seeds(local_sweep):
         assert row['values']['nll'] == pytest.approx(mean, rel=1e-12)
     assert '[sweep grid] 4/4 done, 0 running, 0 failed' in done.stdout
     # the same command again: nothing to do
-    again = run_cli('experiments.sweep', 'evidence_mnist', *GRID, '--jobs', '2', *EVAL, '--name', 'grid',
-                    '--dry-run', 'data_dir=elsewhere', cwd=project)  # data_dir is not part of a run's identity
+    again = _sweep_in_process(project, 'evidence_mnist', *GRID, '--jobs', '2', *EVAL, '--name', 'grid',
+                              '--dry-run', 'data_dir=elsewhere')  # data_dir is not part of a run's identity
     assert again.returncode == 0 and again.stdout.count('done, skipped') == 4, again.stdout + again.stderr
 
 
@@ -270,8 +284,8 @@ def test_a_killed_sweep_finishes_only_what_was_missing(tmp_path_factory, synthet
 
 def test_a_failing_run_is_reported_and_the_others_complete(tmp_path_factory, synthetic_data_dir):
     project = _project(tmp_path_factory, 'sweep_fail')
-    done = run_cli('experiments.sweep', 'evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}',
-                   'optimizer.learning_rate=1e6,1e-3', *EVAL, '--name', 'fail', cwd=project)
+    done = _sweep_in_process(project, 'evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}',
+                             'optimizer.learning_rate=1e6,1e-3', *EVAL, '--name', 'fail')
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     failed, good = _state(project, 'fail')['runs']
     assert failed['status'] == 'failed' and failed['exit_code'] == 3 and 'non-finite' in failed['error']
