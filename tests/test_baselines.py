@@ -34,7 +34,8 @@ _CACHE: Dict[str, object] = {}
 
 def trained_baselines(tmp_path_factory, data_dir: Path):
     """`(project folder, {experiment name: run folder})`: each baseline trained one smoke epoch
-    in-process (`main([...])`) and evaluated with `experiments.evaluate` (no FGSM sweep)."""
+    in-process (`main([...])`) and evaluated with `experiments.evaluate` (no FGSM sweep, the missing-pixel sweep
+    on 64 test images: every family's full sweep is checked in test_families.py)."""
     if not _CACHE:
         project = tmp_path_factory.mktemp('baselines')
         (project / '.labml.yaml').write_text(LABML_YAML)
@@ -46,7 +47,7 @@ def trained_baselines(tmp_path_factory, data_dir: Path):
                 (runs[name],) = list((project / 'logs' / name).iterdir())
             from experiments import evaluate
             for run in runs.values():
-                assert evaluate.main([run.name, '--fgsm-samples', '0']) == 0
+                assert evaluate.main([run.name, '--fgsm-samples', '0', '--missing-samples', '64']) == 0
         _CACHE.update(project=project, runs=runs)
     return _CACHE['project'], _CACHE['runs']
 
