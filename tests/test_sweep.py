@@ -19,7 +19,7 @@ import pytest
 
 from experiments import sweep as sweep_module
 from experiments.sweep import SweepError, file_axes, load_sweep_file, parse_axes, plan, split_values
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
 
@@ -267,7 +267,7 @@ def test_a_killed_sweep_finishes_only_what_was_missing(tmp_path_factory, synthet
     assert '1 done, 1 interrupted' in err and 'Continue with: python -m experiments.sweep evidence_mnist' in err
     assert [r['status'] for r in _state(project, 'resume')['runs']] == ['done', 'interrupted']
 
-    third = run_cli('experiments.sweep', *args, cwd=project)
+    third = _sweep_in_process(project, *args)  # the two before were real processes, killed and stopped
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert '1 already done, 1 to resume' in third.stdout
     final = _state(project, 'resume')['runs']
