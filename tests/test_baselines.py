@@ -35,7 +35,7 @@ _CACHE: Dict[str, object] = {}
 def trained_baselines(tmp_path_factory, data_dir: Path):
     """`(project folder, {experiment name: run folder})`: each baseline trained one smoke epoch
     in-process (`main([...])`) and evaluated with `experiments.evaluate` (no FGSM sweep, the missing-pixel sweep
-    on 64 test images: every family's full sweep is checked in test_families.py)."""
+    on 64 test images: every family's sweep is checked in test_families.py)."""
     if not _CACHE:
         project = tmp_path_factory.mktemp('baselines')
         (project / '.labml.yaml').write_text(LABML_YAML)
