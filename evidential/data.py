@@ -1,13 +1,16 @@
 """
 # MNIST-style data as tensors
 
-torchvision stays the source of truth for where the files live, their format and the download;
-this module only changes the hot path: each split is decoded once into a `uint8` tensor, moved to
+torchvision stays the source of truth for where the files live (`MNIST/raw`, `FashionMNIST/raw`) and for the
+download; this module only changes the hot path: each split is decoded once into a `uint8` tensor, moved to
 the training device, normalized there, and batched by shuffled index. No PIL, no per-sample Python,
 no worker processes.
 
-Before torchvision reads a file we check its IDX header and length ourselves, so a truncated or
-corrupt file gives an error that names the file instead of an assertion deep inside torchvision.
+The IDX files are checked (header and length, so a truncated or corrupt file gives an error that names the
+file) and then read here with numpy, as the bytes they are, rather than by `torchvision.datasets.MNIST`:
+importing torchvision costs seconds of CPU in every process (it pulls in `torch._dynamo`), and a sweep or the
+test suite starts a hundred of them. `tests/test_data.py` checks the result against torchvision's own reader.
+torchvision is imported only to download missing files.
 """
 import os
 import struct
@@ -15,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
+import numpy as np
 import torch
-import torchvision
 
 
 class DataError(RuntimeError):
@@ -26,7 +29,8 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    torchvision_class: type
+    # The torchvision dataset class (`torchvision.datasets.MNIST`, ...): the folder under the data root, the download
+    torchvision_name: str
     # Mean and standard deviation of the training images scaled to [0, 1]
     mean: float
     std: float
@@ -35,14 +39,19 @@ class DatasetSpec:
     @property
     def folder(self) -> str:
         """The folder under the data root torchvision uses (`MNIST`, `FashionMNIST`)."""
-        return self.torchvision_class.__name__
+        return self.torchvision_name
+
+    @property
+    def torchvision_class(self) -> type:
+        import torchvision  # here, not at the top: only a download needs it
+        return getattr(torchvision.datasets, self.torchvision_name)
 
 
 DATASETS = {
     # labml_nn's MNIST normalization
-    'mnist': DatasetSpec('mnist', torchvision.datasets.MNIST, 0.1307, 0.3081),
+    'mnist': DatasetSpec('mnist', 'MNIST', 0.1307, 0.3081),
     # Fashion-MNIST training-set statistics
-    'fashion_mnist': DatasetSpec('fashion_mnist', torchvision.datasets.FashionMNIST, 0.2860, 0.3530),
+    'fashion_mnist': DatasetSpec('fashion_mnist', 'FashionMNIST', 0.2860, 0.3530),
 }
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -87,7 +96,7 @@ def check_idx_file(path: Path, magic: int) -> int:
 
 def load_split(name: str, root: os.PathLike, train: bool, download: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """
-    Images `[N, 28, 28]` (`uint8`) and labels `[N]` (`int64`) of one split, read by torchvision.
+    Images `[N, 28, 28]` (`uint8`) and labels `[N]` (`int64`) of one split, as torchvision reads them.
 
     Files present under `root` are used as they are. When they are missing and `download` is set,
     torchvision downloads them; if that fails the error says where to put them.
@@ -112,12 +121,21 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
     if n_images != n_labels:
         raise DataError(f"{images_file} holds {n_images} images but {labels_file} holds {n_labels} labels; "
                         f"the two files must come from the same release")
-    ds = spec.torchvision_class(str(root), train=train, download=False)
-    labels = ds.targets.long()
+    images, labels = read_idx(images_file, IMAGE_MAGIC), read_idx(labels_file, LABEL_MAGIC).long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= spec.n_classes):
         raise DataError(f"{labels_file}: labels must be in [0, {spec.n_classes - 1}], "
                         f"found {labels.min().item()}..{labels.max().item()}")
-    return ds.data, labels
+    return images, labels
+
+
+def read_idx(path: Path, magic: int) -> torch.Tensor:
+    """The `uint8` items of an IDX file checked by `check_idx_file`: images `[N, rows, cols]` or labels `[N]`."""
+    count = check_idx_file(path, magic)
+    with open(path, 'rb') as f:
+        header = f.read(16 if magic == IMAGE_MAGIC else 8)
+        shape = (count, *struct.unpack('>II', header[8:16])) if magic == IMAGE_MAGIC else (count,)
+        data = np.fromfile(f, dtype=np.uint8).reshape(shape)
+    return torch.from_numpy(data)
 
 
 def normalize(images: torch.Tensor, name: str) -> torch.Tensor:

@@ -38,14 +38,15 @@ has no risk-coverage metric.
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_roc,
-    multiclass_calibration_error,
-)
 
 from evidential.prediction import categorical_entropy
+
+
+def _torchmetrics():
+    """`torchmetrics.functional.classification`, imported on first use: it takes seconds to import, and
+    `compare` (which only needs the metric names below) should not pay for it."""
+    from torchmetrics.functional import classification
+    return classification
 
 #: Rows of `probs` must sum to one within this absolute tolerance
 #: (float32 $\alpha / S$ and softmax are well inside it).
@@ -259,7 +260,7 @@ def ece(probs, labels, n_bins: int = 15) -> float:
         raise ValueError(f"`n_bins` must be a positive integer, got {n_bins!r}")
     probs = _check_probs(probs)
     labels = _check_labels(labels, probs.shape[0], probs.shape[1]).to(probs.device)
-    return multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins,
+    return _torchmetrics().multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins,
                                         norm="l1", validate_args=False).item()
 
 
@@ -346,7 +347,7 @@ def misclassification_auroc(scores, errors) -> float:
     errs = _check_errors(errors, scores.numel(), "scores").to(scores.device)
     targets = errs.long()
     _check_both_classes(targets, "wrong prediction", "correct prediction", "misclassification AUROC")
-    return binary_auroc(_rank_preserving_unit(scores), targets, validate_args=False).item()
+    return _torchmetrics().binary_auroc(_rank_preserving_unit(scores), targets, validate_args=False).item()
 
 
 # ## Out-of-distribution detection
@@ -360,7 +361,7 @@ def ood_auroc(id_scores, ood_scores) -> float:
 
     via `torchmetrics.binary_auroc`. Constant scores give $0.5$, perfect separation $1$."""
     scores, targets = _binary_inputs(id_scores, ood_scores, "id_scores", "ood_scores")
-    return binary_auroc(scores, targets, validate_args=False).item()
+    return _torchmetrics().binary_auroc(scores, targets, validate_args=False).item()
 
 
 def ood_aupr(id_scores, ood_scores) -> float:
@@ -372,7 +373,7 @@ def ood_aupr(id_scores, ood_scores) -> float:
     over decreasing thresholds $t$, via `torchmetrics.binary_average_precision`.
     Constant scores give the fraction of OOD samples, perfect separation $1$."""
     scores, targets = _binary_inputs(id_scores, ood_scores, "id_scores", "ood_scores")
-    return binary_average_precision(scores, targets, validate_args=False).item()
+    return _torchmetrics().binary_average_precision(scores, targets, validate_args=False).item()
 
 
 def fpr_at_95_tpr(id_scores, ood_scores) -> float:
@@ -390,7 +391,7 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
     scores, targets = _binary_inputs(id_scores, ood_scores, "id_scores", "ood_scores")
     n_pos = int(targets.sum())
     n_neg = targets.numel() - n_pos
-    fpr, tpr, _ = binary_roc(scores, targets, validate_args=False)
+    fpr, tpr, _ = _torchmetrics().binary_roc(scores, targets, validate_args=False)
     # torchmetrics returns float32 rates; recover the exact integer counts.
     tp = torch.round(tpr.double() * n_pos).long()
     fp = torch.round(fpr.double() * n_neg).long()

@@ -3,7 +3,7 @@
 
     python -m experiments.sweep FAMILY key=v1,v2 key2=a,b seed=1,2,3 [--jobs N] [--split validation|test]
                                 [--name NAME] [--engine local|ray] [--address ADDR] [--cpus-per-run C]
-                                [--gpus-per-run G] [--storage DIR] [--fgsm-samples N] [--dry-run]
+                                [--gpus-per-run G] [--storage DIR] [--fgsm-samples N] [--missing-samples N] [--dry-run]
     python -m experiments.sweep sweeps/compare_all.py [key=value ...] [options]
 
 Each combination is a normal run of its family (`python -m experiments.train FAMILY key=value ...`, one run
@@ -350,11 +350,12 @@ def _tail(text: str, lines: int = 12) -> str:
 
 class Sweep:
     def __init__(self, *, name: str, runs: List[Dict[str, Any]], grids, split: str, engine, cwd: Path,
-                 experiments_path: Path, fgsm_samples: Optional[int], command: List[str], options: Dict[str, Any]):
+                 experiments_path: Path, fgsm_samples: Optional[int], command: List[str], options: Dict[str, Any],
+                 missing_samples: Optional[int] = None):
         self.name, self.split, self.engine, self.cwd = name, split, engine, cwd
         self.experiments_path = experiments_path
         self.folder = experiments_path / SWEEPS_FOLDER / name
-        self.fgsm_samples = fgsm_samples
+        self.fgsm_samples, self.missing_samples = fgsm_samples, missing_samples
         self.command = command
         self.options = options
         self.grids = grids
@@ -459,6 +460,8 @@ class Sweep:
             command = [sys.executable, '-m', 'experiments.evaluate', str(self.run_dir(run)), '--split', self.split]
             if self.fgsm_samples is not None:
                 command += ['--fgsm-samples', str(self.fgsm_samples)]
+            if self.missing_samples is not None:
+                command += ['--missing-samples', str(self.missing_samples)]
             return command
         argv = list(run['argv']) + ([f"resume={run['uuid']}"] if stage == 'resume' else [])
         return [sys.executable, '-m', 'experiments.train', run['family'], *argv]
@@ -715,6 +718,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         'with a multi-machine Ray cluster it must be shared storage at the same path everywhere')
     p.add_argument('--fgsm-samples', type=int, default=None, metavar='N',
                    help='passed to experiments.evaluate (test split only; 0 skips its FGSM sweep)')
+    p.add_argument('--missing-samples', type=int, default=None, metavar='N',
+                   help='passed to experiments.evaluate (test split only; 0 skips its missing-pixel sweep)')
     p.add_argument('--dry-run', action='store_true', help='print the planned runs and what each needs; run nothing')
     args = p.parse_intermixed_args(argv)
     if args.jobs is not None and args.jobs < 1:
@@ -723,6 +728,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error('--cpus-per-run and --gpus-per-run must be >= 0')
     if args.fgsm_samples is not None and args.fgsm_samples < 0:
         p.error('--fgsm-samples must be >= 0')
+    if args.missing_samples is not None and args.missing_samples < 0:
+        p.error('--missing-samples must be >= 0')
     if args.engine != 'ray' and (args.address or args.gpus_per_run or args.cpus_per_run != 1.0):
         p.error('--address, --cpus-per-run and --gpus-per-run need --engine ray')
     return args
@@ -781,13 +788,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         jobs = jobs or 1
     options = {'jobs': jobs, 'engine': args.engine, 'address': args.address, 'cpus_per_run': args.cpus_per_run,
                'gpus_per_run': args.gpus_per_run, 'storage': str(storage) if storage else None,
-               'fgsm_samples': args.fgsm_samples, 'cwd': str(storage or cwd)}
+               'fgsm_samples': args.fgsm_samples, 'missing_samples': args.missing_samples, 'cwd': str(storage or cwd)}
     command = list(argv) if args.name else [*argv, '--name', name]
 
     class _DryEngine:
         name, capacity = args.engine, jobs
     sweep = Sweep(name=name, runs=runs, grids=grids, split=split, engine=_DryEngine(), cwd=storage or cwd,
-                  experiments_path=experiments_path, fgsm_samples=args.fgsm_samples, command=command, options=options)
+                  experiments_path=experiments_path, fgsm_samples=args.fgsm_samples, command=command, options=options,
+                  missing_samples=args.missing_samples)
     sweep.merge_previous()
     if args.dry_run:
         print(f"sweep {name}: {len(runs)} runs, split {split}, engine {args.engine} ({jobs} at a time)\n"

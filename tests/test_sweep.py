@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
 LABML_YAML = 'data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n'
 #: The 2 × 2 smoke sweep; its runs are compared with runs by hand and with the Ray engine's
 GRID = ['preset=smoke', 'kl_coef=0.01,0.03', 'seed=1,2']
-EVAL = ['--split', 'test', '--fgsm-samples', '0']
+EVAL = ['--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64']
 
 
 def _project(tmp_path_factory, name: str) -> Path:
@@ -202,12 +202,13 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
     from experiments import evaluate, evidence_mnist
     assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
     (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
-    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0']) == 0
+    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64']) == 0
     mine = json.loads((by_hand / 'evaluation.json').read_text())
     (run,) = [r for r in _state(project, 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
     swept = json.loads((project / 'logs' / 'evidence_mnist' / run['uuid'] / 'evaluation.json').read_text())
-    for block in ('id', 'selective', 'ood'):
+    for block in ('id', 'selective', 'ood', 'missing_pixels'):
         assert swept[block] == mine[block], block
+    assert swept['missing_pixels']['n_samples'] == 64  # --missing-samples reached the sweep's evaluations
 
 
 def _wait_for(condition, process, timeout=120.0, what=''):
