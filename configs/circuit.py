@@ -27,12 +27,12 @@ import torch.nn as nn
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import Preset, between
+from configs.cli import Preset, between, one_of
 from configs.experiment import MNISTExperimentConfigs
 from configs.registry import Capabilities, Family
 from evidential.data import dataset_spec
-from evidential.models.circuit import INPUT_LAYERS, LAYER_TYPES, REGION_GRAPHS, ROOT_LAYERS, PixelCircuit, bits_per_dim, hybrid_loss, \
-    neg_log_density
+from evidential.models.circuit import (INPUT_LAYERS, LAYER_TYPES, REGION_GRAPHS, ROOT_LAYERS, PixelCircuit,
+                                       bits_per_dim, hybrid_loss, neg_log_density)
 from evidential.prediction import Prediction
 
 
@@ -102,7 +102,7 @@ class CircuitConfigs(MNISTExperimentConfigs):
 
     def architecture(self) -> Dict[str, object]:
         return {**super().architecture(), 'region_graph': self.region_graph, 'layer_type': self.layer_type,
-                'root_layer': self.root_layer,
+                'root_layer': self.root_layer, 'input_layer': self.input_layer,
                 'num_input_units': self.num_input_units, 'num_sum_units': self.num_sum_units}
 
     def init_tracker(self):
@@ -117,8 +117,7 @@ def _circuit(c: CircuitConfigs) -> nn.Module:
     torch.manual_seed(c.seed)
     model = PixelCircuit(c.n_classes, 28, 28, c.num_input_units, c.num_sum_units, layer_type=c.layer_type,
                          region_graph=c.region_graph, graph_seed=c.seed, root_layer=c.root_layer,
-                         input_layer=c.input_layer,
-                         init_std=c.init_std)
+                         input_layer=c.input_layer, init_std=c.init_std)
     return model.to(c.dataset.train.images.device)
 
 
@@ -162,21 +161,17 @@ PRESETS = {
 }
 
 
-def _choice(choices):
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
 FAMILY = Family(
     name='circuit_mnist',
     configs=CircuitConfigs,
     description="probabilistic circuit (cirkit's tutorial): exact p(x | y), missing pixels integrated out",
     defaults=DEFAULTS,
     presets=PRESETS,
-    checks={'region_graph': _choice(REGION_GRAPHS), 'layer_type': _choice(LAYER_TYPES), 'root_layer': _choice(ROOT_LAYERS),
-            'input_layer': _choice(INPUT_LAYERS),
+    checks={'region_graph': one_of(REGION_GRAPHS), 'layer_type': one_of(LAYER_TYPES),
+            'root_layer': one_of(ROOT_LAYERS), 'input_layer': one_of(INPUT_LAYERS),
             'num_input_units': between(1, 1024), 'num_sum_units': between(1, 1024),
-            'lam': lambda v: None if 0 <= v <= 1 else 'must be in [0, 1]', 'init_std': lambda v: None
-            if 0 < v <= 100 else 'must be in (0, 100]'},
+            'lam': lambda v: None if 0 <= v <= 1 else 'must be in [0, 1]',
+            'init_std': lambda v: None if 0 < v <= 100 else 'must be in (0, 100]'},
     label_keys=lambda values: ['lam', 'num_sum_units', 'layer_type', 'region_graph'],
     label_names={'lam': 'λ', 'num_sum_units': 'U'},
     capabilities=Capabilities(input_gradients=False, marginalises_missing=True),

@@ -70,6 +70,11 @@ def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
 def at_least_one(v): return None if v >= 1 else 'must be >= 1'
 
 
+def one_of(choices):
+    """A check for a name among `choices`."""
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
 def between(lo, hi):
     """A check for a count in `[lo, hi]` (families bound their own counts: members, samples, voters)."""
     return lambda v: None if lo <= v <= hi else f'must be in [{lo:,}, {hi:,}]'

@@ -116,12 +116,10 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Put the uncompressed IDX files "
                 f"({images_file.name}, {labels_file.name}) in {images_file.parent}, "
                 f"or pass data_dir=<folder that holds {spec.folder}/raw>") from None
-    n_images = check_idx_file(images_file, IMAGE_MAGIC)
-    n_labels = check_idx_file(labels_file, LABEL_MAGIC)
-    if n_images != n_labels:
-        raise DataError(f"{images_file} holds {n_images} images but {labels_file} holds {n_labels} labels; "
-                        f"the two files must come from the same release")
     images, labels = read_idx(images_file, IMAGE_MAGIC), read_idx(labels_file, LABEL_MAGIC).long()
+    if len(images) != len(labels):
+        raise DataError(f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels; "
+                        f"the two files must come from the same release")
     if labels.numel() and (labels.min() < 0 or labels.max() >= spec.n_classes):
         raise DataError(f"{labels_file}: labels must be in [0, {spec.n_classes - 1}], "
                         f"found {labels.min().item()}..{labels.max().item()}")
@@ -129,13 +127,12 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
 
 
 def read_idx(path: Path, magic: int) -> torch.Tensor:
-    """The `uint8` items of an IDX file checked by `check_idx_file`: images `[N, rows, cols]` or labels `[N]`."""
+    """The `uint8` items of an IDX file, once `check_idx_file` has passed: images `[N, rows, cols]` or labels `[N]`."""
     count = check_idx_file(path, magic)
     with open(path, 'rb') as f:
         header = f.read(16 if magic == IMAGE_MAGIC else 8)
         shape = (count, *struct.unpack('>II', header[8:16])) if magic == IMAGE_MAGIC else (count,)
-        data = np.fromfile(f, dtype=np.uint8).reshape(shape)
-    return torch.from_numpy(data)
+        return torch.from_numpy(np.fromfile(f, dtype=np.uint8).reshape(shape))
 
 
 def normalize(images: torch.Tensor, name: str) -> torch.Tensor:

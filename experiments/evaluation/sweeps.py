@@ -102,6 +102,7 @@ def _rotation(ctx: SweepContext) -> Dict[str, Any]:
 @torch.inference_mode()
 def _missing_condition(conf, images: torch.Tensor, labels: torch.Tensor, missing: torch.Tensor) -> Dict[str, Any]:
     """Accuracy, NLL and the mean of every score with the `missing` `[N, 784]` pixels unknown."""
+    from evidential import metrics
     from experiments.evaluation.predictions import all_scores
     probs, own = [], []
     for start in range(0, len(images), conf.valid_batch_size):
@@ -112,8 +113,7 @@ def _missing_condition(conf, images: torch.Tensor, labels: torch.Tensor, missing
     p = torch.cat(probs)
     scores = all_scores(p, {k: torch.cat([o[k] for o in own]) for k in own[0]})
     y = labels.cpu()
-    return {'accuracy': (p.argmax(-1) == y).float().mean().item(),
-            'nll': -p.gather(1, y[:, None]).clamp_min(1e-12).log().mean().item(),
+    return {'accuracy': metrics.accuracy(p, y), 'nll': metrics.nll(p, y),
             'mean_score': {name: v.mean().item() for name, v in scores.items()}}
 
 
