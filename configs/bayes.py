@@ -75,8 +75,8 @@ class BayesConfigs(LeNetExperimentConfigs):
         return uniform_to_softmax_kl(outputs).mean()
 
     def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # at most ~2k images per pass: 30 samples of a 256-image batch would hold ~0.7 GB of activations
-        return bayes_logits(self.model, x, self.mc_samples, max_batch=2048)
+        # `mc_samples` networks drawn from $q$, each over the batch (half the cost of local reparametrisation)
+        return bayes_logits(self.model, x, self.mc_samples, networks=True)
 
     def predict(self, outputs: torch.Tensor) -> Prediction:
         """`[S, N, K]` logits of sampled networks (`[1, N, K]` for the posterior mean)."""

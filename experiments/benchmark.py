@@ -137,12 +137,12 @@ def ours(data_dir: str, epochs: int, batch_size: int, device: str, seed: int, fa
 
 def _bayes_evaluate(conf, split, samples: int):
     """`conf.evaluate(split)` of a `bayes_mnist` run with `mc_samples=samples`: `BayesConfigs.eval_forward`'s
-    `bayes_logits(model, x, samples, max_batch=2048)` per batch, joined, then the family's `predict`."""
+    `bayes_logits(model, x, samples, networks=True)` per batch, joined, then the family's `predict`."""
     import torch
     from evidential.models.bayes import bayes_logits
     with torch.inference_mode():
         conf.model.eval()
-        outputs = [bayes_logits(conf.model, x, samples, max_batch=2048)
+        outputs = [bayes_logits(conf.model, x, samples, networks=True)
                    for x, _ in split.batches(conf.valid_batch_size)]
         pred = conf.predict(torch.cat(outputs, dim=-2))
     return pred, pred.probs.argmax(-1) == split.labels

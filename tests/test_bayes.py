@@ -10,7 +10,7 @@ from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
 from evidential.models.bayes import (BayesConv2d, BayesLayers, BayesLinear, bayes_layers, bayes_logits,
-                                     kl_divergence, negative_elbo, posterior_mean)
+                                     kl_divergence, negative_elbo, posterior_mean, sampled_network)
 from evidential.models.lenet import Layers, LeNet
 from evidential.models.mlp import MLP
 
@@ -250,6 +250,51 @@ def test_bayes_logits_are_independent_samples_in_s_n_k_layout(max_batch):
     assert logits.shape == (s, 5, 4)
     assert within(logits.mean(0), gamma, (delta / s).sqrt())
     assert within(logits.var(0), delta, delta * math.sqrt(2 / (s - 1)))
+
+
+@pytest.mark.parametrize('layer, x', [(BayesLinear(3, 4), torch.randn(5, 3) * torch.arange(1., 6.)[:, None]),
+                                      (BayesConv2d(2, 3, 3, padding=1), torch.randn(3, 2, 5, 5))])
+def test_sampled_networks_share_weights_across_examples_and_have_the_posterior_marginals(layer, x):
+    torch.manual_seed(8)
+    randomise(layer)
+    net = nn.Sequential(layer)
+    # the first example twice: within one drawn network both copies give the same output
+    xx = torch.cat([x, x[:1]])
+    s = 4000
+    with torch.no_grad():
+        drawn = bayes_logits(net, xx, s, networks=True)
+        local = bayes_logits(net, xx, 3)
+        gamma, delta = layer.moments(x)
+    assert drawn.shape == (s, len(xx), *gamma.shape[1:])
+    assert torch.equal(drawn[:, 0], drawn[:, -1])
+    # local reparametrisation: independent noise per example, so the copies differ
+    assert not torch.allclose(local[:, 0], local[:, -1])
+    # each output still has the marginal N(gamma, delta) of q (exact for a convolution too)
+    assert within(drawn[:, :-1].mean(0), gamma, (delta / s).sqrt())
+    assert within(drawn[:, :-1].var(0), delta, delta * math.sqrt(2 / (s - 1)))
+    # the draws are gone after the block, even after an error
+    with pytest.raises(RuntimeError):
+        with sampled_network(net):
+            raise RuntimeError
+    assert layer.drawn is None
+
+
+def test_sampled_network_is_an_exact_draw_of_a_conv_kernel():
+    """One drawn network equals the plain convolution with the drawn weights, and its positions are correlated
+    (a shared kernel), unlike local reparametrisation's independent noise per position."""
+    torch.manual_seed(9)
+    layer = BayesConv2d(1, 2, 3)
+    randomise(layer)
+    x = torch.ones(1, 1, 6, 6)
+    with torch.no_grad(), sampled_network(nn.Sequential(layer)):
+        weight, bias = layer.drawn
+        out = layer(x)
+        assert torch.allclose(out, F.conv2d(x, weight, bias))
+    # a constant image: every position of a drawn network's map is the same number
+    assert torch.allclose(out, out[..., :1, :1].expand_as(out))
+    with torch.no_grad():
+        local = layer(x)
+    assert not torch.allclose(local, local[..., :1, :1].expand_as(local))
 
 
 def test_bayes_logits_and_layers_errors():
