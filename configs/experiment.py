@@ -26,7 +26,11 @@ from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split
 from evidential.prediction import Prediction
 from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from configs.torch_startup import skip_dynamo_import
 
+
+# every process that builds an experiment's optimizer: ~1.7 s of CPU less at start (configs/torch_startup.py)
+skip_dynamo_import()
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (non-finite numbers); the message says where and why, `run_dir` which run."""
