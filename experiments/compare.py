@@ -1,7 +1,7 @@
 """
 # Comparing evaluated runs
 
-    python -m experiments.compare RUN [RUN ...] [--out DIR] [--split validation]
+    python -m experiments.compare RUN [RUN ...] [--out DIR] [--split validation] [--over-seeds] [--columns KEYS]
 
 Reads each run's `evaluation.json` (written by `python -m experiments.evaluate RUN`) and builds one
 table: a row per run (experiment name, short uuid and its key settings), a column per metric of the
@@ -20,6 +20,9 @@ a run folder. A run that has not been evaluated is an error (exit code 2).
 `--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
 `python -m experiments.evaluate RUN --split validation`): the table for choosing settings without the
 test set.
+
+`--columns KEY,KEY,...` keeps only those columns, in that order (a key no run has is an error, exit code 2,
+listing the keys there are).
 
 `--over-seeds` puts runs whose settings differ only in `seed` into one row: each cell is the mean over
 those runs ± their standard deviation (sample, n − 1), and the best *mean* is marked. One run of 1,000
@@ -282,7 +285,35 @@ def columns_of(rows: List[Row]) -> List[str]:
     missing = [f'missing/{f:g}/accuracy' for f in MISSING_COLUMNS if f'missing/{f:g}/accuracy' in keys]
     selective = sorted((k for k in keys if k.startswith('selective/')), key=order)
     ood = sorted((k for k in keys if k.startswith('ood/')), key=order)
-    return list(ID_METRICS) + missing + selective + ood
+    # anything else a caller put into the rows (a sweep's `train_s`), last
+    other = sorted(k for k in keys if '/' not in k and k not in ID_METRICS)
+    return list(ID_METRICS) + missing + selective + ood + other
+
+
+def is_column_name(key: str) -> bool:
+    """Whether `key` can name a column (before any run is evaluated): an in-distribution metric,
+    `missing/F/accuracy`, `selective/SCORE/METRIC`, `ood/SET/SCORE/METRIC`, or a sweep's `train_s`."""
+    parts = key.split('/')
+    if len(parts) == 1:
+        return key in ID_METRICS or key == 'train_s'
+    if parts[0] == 'missing':
+        return len(parts) == 3 and parts[2] == 'accuracy' and parts[1] in {f'{f:g}' for f in MISSING_COLUMNS}
+    if parts[0] == 'selective':
+        return len(parts) == 3 and all(parts) and parts[2] in ID_METRICS
+    if parts[0] == 'ood':
+        return len(parts) == 4 and all(parts) and parts[3] in OOD_METRICS
+    return False
+
+
+def choose_columns(rows: List[Row], wanted: Optional[List[str]]) -> List[str]:
+    """`wanted` in its order (`None`: every column); raises `CompareError` naming a column no row has."""
+    available = columns_of(rows)
+    if wanted is None:
+        return available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise CompareError(f"no column {', '.join(unknown)} in these runs; they have: {', '.join(available)}")
+    return list(dict.fromkeys(wanted))
 
 
 def direction(column: str) -> Optional[str]:
@@ -305,8 +336,9 @@ def best_runs(rows: List[Row], columns: List[str]) -> Dict[str, List[str]]:
     return best
 
 
-def build(rows: List[Row]) -> Dict[str, Any]:
-    columns = columns_of(rows)
+def build(rows: List[Row], columns: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The table of `rows` with `columns` (`None`: every column, see `columns_of`)."""
+    columns = choose_columns(rows, columns)
     best = best_runs(rows, columns)
     return {
         'columns': [{'key': c, 'better': direction(c)} for c in columns],
@@ -332,9 +364,11 @@ def markdown(table: Dict[str, Any], digits: int = 4) -> str:
         cells = [_escape(row['label'])]
         for c in columns:
             v, sd = row['values'][c], row['std'][c]
-            text = MISSING if v is None else f'{v:.{digits}f}'
+            # seconds (`train_s`) to the second, metrics to `digits`
+            places = 0 if c.endswith('_s') else digits
+            text = MISSING if v is None else f'{v:.{places}f}'
             text = f'**{text}**' if c in row['best'] else text
-            cells.append(text if sd is None else f'{text} ± {sd:.{digits}f}')
+            cells.append(text if sd is None else f'{text} ± {sd:.{places}f}')
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', f"Best per column in bold (↑ higher is better, ↓ lower is better); {MISSING}: the run has no such metric. "
                   "`aurc` and `misclassification_auroc` rank by each run's own score (`u` where the model has one, "
@@ -358,7 +392,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              '(python -m experiments.evaluate RUN --split validation)')
     parser.add_argument('--over-seeds', action='store_true',
                         help='one row per setting: runs that differ only in seed are averaged (mean ± std)')
-    return parser.parse_args(argv)
+    parser.add_argument('--columns', metavar='KEY,KEY,...',
+                        help='only these columns, in this order (e.g. accuracy,nll,ood/fashion_mnist/entropy/auroc; '
+                             'default: every metric of the runs)')
+    args = parser.parse_args(argv)
+    args.columns = [c.strip() for c in args.columns.split(',') if c.strip()] if args.columns else None
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -380,7 +419,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     label_rows(rows)
     if args.over_seeds:
         rows = over_seeds(rows)
-    table = build(rows)
+    try:
+        table = build(rows, args.columns)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     text = markdown(table)
     out = Path(args.out).expanduser()
     try:

@@ -158,8 +158,17 @@ def load_sweep_file(path: Path) -> Dict[str, Any]:
         family, grid = entry
         for j, g in enumerate(grid if isinstance(grid, list) else [grid]):
             grids.append((family, file_axes(g, where if not isinstance(grid, list) else f"{where}[{j}]")))
+    columns = namespace.get('columns')
+    if columns is not None and not (isinstance(columns, (list, tuple)) and columns
+                                    and all(isinstance(c, str) for c in columns)):
+        raise SweepError(f"{path}: columns must be a list of column names, e.g. ['accuracy', 'nll'], got {columns!r}")
+    from experiments.compare import is_column_name
+    bad = [c for c in columns or [] if not is_column_name(c)]
+    if bad:
+        raise SweepError(f"{path}: columns: {', '.join(map(repr, bad))} cannot be a column (metrics such as "
+                         f"'accuracy', 'ood/fashion_mnist/entropy/auroc', 'missing/0.5/accuracy', 'train_s')")
     return {'grids': grids, 'name': namespace.get('name'), 'split': namespace.get('split'),
-            'jobs': namespace.get('jobs')}
+            'jobs': namespace.get('jobs'), 'columns': list(columns) if columns else None}
 
 
 def expand(axes: Axes) -> List[List[Tuple[str, str]]]:
@@ -351,8 +360,10 @@ def _tail(text: str, lines: int = 12) -> str:
 class Sweep:
     def __init__(self, *, name: str, runs: List[Dict[str, Any]], grids, split: str, engine, cwd: Path,
                  experiments_path: Path, fgsm_samples: Optional[int], command: List[str], options: Dict[str, Any],
-                 missing_samples: Optional[int] = None):
+                 missing_samples: Optional[int] = None, columns: Optional[List[str]] = None):
         self.name, self.split, self.engine, self.cwd = name, split, engine, cwd
+        # the table's columns (`None`: every metric); `train_s` is each run's training time
+        self.columns = columns
         self.experiments_path = experiments_path
         self.folder = experiments_path / SWEEPS_FOLDER / name
         self.fgsm_samples, self.missing_samples = fgsm_samples, missing_samples
@@ -673,15 +684,25 @@ class Sweep:
         return 0
 
     def write_table(self) -> Optional[str]:
-        """`compare --over-seeds` over the evaluated runs: comparison.md / comparison.json in the sweep folder."""
+        """`compare --over-seeds` over the evaluated runs, with each run's training time (`train_s`, the wall time
+        of its training process) as a column: comparison.md / comparison.json in the sweep folder, with the sweep
+        file's `columns` where it gives them."""
         from configs.checkpoint import atomic_write_bytes
-        from experiments.compare import JSON_FILE, MARKDOWN_FILE, build, label_rows, load_row, markdown, over_seeds
+        from experiments.compare import (JSON_FILE, MARKDOWN_FILE, CompareError, build, label_rows, load_row,
+                                         markdown, over_seeds)
         done = [r for r in self.runs if r.get('status') == 'done']
         if not done:
             return None
         rows = [load_row(str(self.run_dir(r)), self.experiments_path, self.split) for r in done]
+        for row, r in zip(rows, done):
+            row.values['train_s'] = r.get('train_s')
         label_rows(rows)
-        table = build(over_seeds(rows))
+        rows = over_seeds(rows)
+        try:
+            table = build(rows, self.columns)
+        except CompareError as e:
+            print(f"warning: {e}; the table has every column", file=sys.stderr)
+            table = build(rows)
         text = markdown(table)
         atomic_write_bytes(self.folder / MARKDOWN_FILE, lambda f: f.write(text.encode()), sync=False)
         data = json.dumps(table, indent=2) + '\n'
@@ -749,7 +770,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             extra = parse_axes(args.axes)
             grids = [(f, [a for a in axes if a[0] not in dict(extra)] + extra) for f, axes in spec['grids']]
         else:
-            spec = {'name': None, 'split': None, 'jobs': None}
+            spec = {'name': None, 'split': None, 'jobs': None, 'columns': None}
             grids = [(args.target, parse_axes(args.axes))]
         split = args.split or spec['split'] or 'validation'
         if split not in ('validation', 'test'):
@@ -795,7 +816,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         name, capacity = args.engine, jobs
     sweep = Sweep(name=name, runs=runs, grids=grids, split=split, engine=_DryEngine(), cwd=storage or cwd,
                   experiments_path=experiments_path, fgsm_samples=args.fgsm_samples, command=command, options=options,
-                  missing_samples=args.missing_samples)
+                  missing_samples=args.missing_samples, columns=spec['columns'])
     sweep.merge_previous()
     if args.dry_run:
         print(f"sweep {name}: {len(runs)} runs, split {split}, engine {args.engine} ({jobs} at a time)\n"

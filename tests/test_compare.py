@@ -1,6 +1,7 @@
 """`python -m experiments.compare`: one table of evaluated runs, from real `evaluation.json` files."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,26 @@ def test_ties_are_all_marked_and_an_unevaluated_run_is_an_error(evaluated, tmp_p
     err = capsys.readouterr().err
     assert err.startswith('error: run a0a0a0a0a0a0 has not been evaluated')
     assert f'python -m experiments.evaluate {twin}' in err
+
+
+def test_columns_keeps_those_in_that_order_and_refuses_unknown_ones(evaluated, tmp_path, monkeypatch, capsys):
+    project, runs = evaluated
+    monkeypatch.chdir(project)
+    names = [r.name for r in runs.values()]
+    wanted = ['ood/fashion_mnist/entropy/auroc', 'accuracy', 'missing/0.5/accuracy']
+    assert main(names + ['--out', str(tmp_path / 'a'), '--columns', ','.join(wanted)]) == 0
+    table = json.loads((tmp_path / 'a' / 'comparison.json').read_text())
+    assert [c['key'] for c in table['columns']] == wanted
+    md = (tmp_path / 'a' / 'comparison.md').read_text()
+    assert md.splitlines()[0].startswith('| run | ood/fashion_mnist/entropy/auroc ↑ | accuracy ↑ | missing/0.5/accuracy ↑ |')
+    for row in table['rows']:
+        evaluation = json.loads((Path(row['path']) / 'evaluation.json').read_text())
+        assert row['values'] == {c: _flat(evaluation)[c] for c in wanted}
+    capsys.readouterr()
+    assert main(names + ['--out', str(tmp_path / 'b'), '--columns', 'accuracy,ood/fashion_mnist/u/aurox']) == 2
+    err = capsys.readouterr().err
+    assert 'no column ood/fashion_mnist/u/aurox' in err and 'ood/fashion_mnist/entropy/auroc' in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'b').exists()
 
 
 def test_compare_as_a_process(evaluated):

@@ -112,6 +112,19 @@ def test_sweep_files_expand(tmp_path):
     assert runs[0]['_values']['optimizer.betas'] == (0.9, 0.99)
     assert [r['_values']['dropout'] for r in runs[5:]] == [0.1, 0.2]
     assert file_axes({'kl_div_points': [[(0, 0.), (1, 1.)]]}, 'x') == [('kl_div_points', ['[(0, 0.0), (1, 1.0)]'])]
+    assert spec['columns'] is None
+
+
+@pytest.mark.parametrize('columns, message', [
+    ("'accuracy'", 'must be a list'),
+    ("['accuracy', 'ood/fashion_mnist/entropy/aurox']", "'ood/fashion_mnist/entropy/aurox' cannot be a column"),
+    ("['missing/0.3/accuracy']", "cannot be a column"),
+])
+def test_sweep_file_columns_are_checked_before_anything_runs(tmp_path, columns, message):
+    f = tmp_path / 'mine.py'
+    f.write_text(f"runs = [('evidence_mnist', {{'seed': [1, 2]}})]\ncolumns = {columns}\n")
+    with pytest.raises(SweepError, match=message):
+        load_sweep_file(f)
 
 
 def test_compare_all_expands_and_validates(tmp_path, monkeypatch, capsys):
@@ -119,6 +132,7 @@ def test_compare_all_expands_and_validates(tmp_path, monkeypatch, capsys):
     spec = load_sweep_file(ROOT / 'sweeps' / 'compare_all.py')
     runs = plan(spec['grids'], spec['split'], tmp_path)
     assert spec['name'] == 'compare_all' and spec['split'] == 'test'
+    assert spec['columns'][0] == 'accuracy' and spec['columns'][-1] == 'train_s'
     assert [(r['family'], r['_values']['seed']) for r in runs] == [(f, s) for f in names() for s in (1, 2, 3)]
     # defaults otherwise: only data_dir and seed are set
     assert all(set(r['settings']) == {'data_dir', 'seed'} for r in runs)
@@ -188,6 +202,8 @@ def test_sweep_writes_its_state_and_the_table_over_seeds(local_sweep):
         assert sorted(row['runs']) == sorted(r['uuid'] for r in members)
         mean = sum(r['metrics']['nll'] for r in members) / 2
         assert row['values']['nll'] == pytest.approx(mean, rel=1e-12)
+        # each run's training time is a column too
+        assert row['values']['train_s'] == pytest.approx(sum(r['train_s'] for r in members) / 2)
     assert '[sweep grid] 4/4 done, 0 running, 0 failed' in done.stdout
     # the same command again: nothing to do
     again = _sweep_in_process(project, 'evidence_mnist', *GRID, '--jobs', '2', *EVAL, '--name', 'grid',
