@@ -32,6 +32,7 @@ from configs.torch_startup import skip_dynamo_import
 # every process that builds an experiment's optimizer: ~1.7 s of CPU less at start (configs/torch_startup.py)
 skip_dynamo_import()
 
+
 class TrainingStopped(RuntimeError):
     """Training stopped early (non-finite numbers); the message says where and why, `run_dir` which run."""
     run_dir: Optional[Path] = None

@@ -4,12 +4,12 @@
 PyTorch wraps some `torch.optim.Optimizer` methods (`add_param_group`, called by every optimizer's
 constructor, and others) in `torch._disable_dynamo`, which imports `torch._dynamo` on the first call only to
 mark the method as not to be compiled. That import costs ~1.7 s of CPU (2.0 s → 3.7 s for `import torch`
-here), paid by every training and evaluation process: each run of a sweep, each real process of the tests.
+here), paid by every training process: each run of a sweep, each real process of the tests.
 Nothing in this app uses `torch.compile`, so `skip_dynamo_import()` gives those methods the answer the import
-would have cached (their undecorated function). That is enough for labml_nn's optimizers (Adam, AdamW, ...: the
-families' default); torch's own (`torch.optim.SGD`, ...) import `torch._dynamo` in every `step` anyway. torch has no switch for this (`TORCHDYNAMO_DISABLE` is read
-after the import), hence the small patch; it does nothing once `torch._dynamo` is imported or where torch's
-wrapper changes shape.
+would have cached (their undecorated function). That is enough for labml_nn's optimizers (Adam, AdamW, ...:
+the families' default); torch's own (`torch.optim.SGD`, ...) import `torch._dynamo` in every `step` anyway.
+torch has no switch for this (`TORCHDYNAMO_DISABLE` is read after the import), hence the small patch; it does
+nothing once `torch._dynamo` is imported or where torch's wrapper changes shape.
 """
 import sys
 

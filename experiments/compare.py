@@ -291,11 +291,11 @@ def columns_of(rows: List[Row]) -> List[str]:
 
 
 def is_column_name(key: str) -> bool:
-    """Whether `key` can name a column (before any run is evaluated): an in-distribution metric,
-    `missing/F/accuracy`, `selective/SCORE/METRIC`, `ood/SET/SCORE/METRIC`, or a sweep's `train_s`."""
+    """Whether `key` can name a metric column (before any run is evaluated): an in-distribution metric,
+    `missing/F/accuracy`, `selective/SCORE/METRIC` or `ood/SET/SCORE/METRIC`."""
     parts = key.split('/')
     if len(parts) == 1:
-        return key in ID_METRICS or key == 'train_s'
+        return key in ID_METRICS
     if parts[0] == 'missing':
         return len(parts) == 3 and parts[2] == 'accuracy' and parts[1] in {f'{f:g}' for f in MISSING_COLUMNS}
     if parts[0] == 'selective':

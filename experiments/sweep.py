@@ -63,6 +63,8 @@ NOT_IDENTITY = ('data_dir', 'dashboard', 'download', 'device', 'log_interval', '
 #: Seconds a run gets to save its last epoch after SIGTERM before it is killed
 TERMINATE_GRACE_S = 60
 PROGRESS_EVERY_S = 30
+#: The table's column of each run's training time (the wall time of its training process)
+TRAIN_COLUMN = 'train_s'
 EXIT_FAILED, EXIT_USAGE = 1, 2
 _ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
 
@@ -163,10 +165,11 @@ def load_sweep_file(path: Path) -> Dict[str, Any]:
                                     and all(isinstance(c, str) for c in columns)):
         raise SweepError(f"{path}: columns must be a list of column names, e.g. ['accuracy', 'nll'], got {columns!r}")
     from experiments.compare import is_column_name
-    bad = [c for c in columns or [] if not is_column_name(c)]
+    bad = [c for c in columns or [] if c != TRAIN_COLUMN and not is_column_name(c)]
     if bad:
         raise SweepError(f"{path}: columns: {', '.join(map(repr, bad))} cannot be a column (metrics such as "
-                         f"'accuracy', 'ood/fashion_mnist/entropy/auroc', 'missing/0.5/accuracy', 'train_s')")
+                         f"'accuracy', 'ood/fashion_mnist/entropy/auroc', 'missing/0.5/accuracy', or "
+                         f"{TRAIN_COLUMN!r})")
     return {'grids': grids, 'name': namespace.get('name'), 'split': namespace.get('split'),
             'jobs': namespace.get('jobs'), 'columns': list(columns) if columns else None}
 
@@ -362,7 +365,7 @@ class Sweep:
                  experiments_path: Path, fgsm_samples: Optional[int], command: List[str], options: Dict[str, Any],
                  missing_samples: Optional[int] = None, columns: Optional[List[str]] = None):
         self.name, self.split, self.engine, self.cwd = name, split, engine, cwd
-        # the table's columns (`None`: every metric); `train_s` is each run's training time
+        # the table's columns (`None`: every one); `TRAIN_COLUMN` is each run's training time
         self.columns = columns
         self.experiments_path = experiments_path
         self.folder = experiments_path / SWEEPS_FOLDER / name
@@ -695,7 +698,7 @@ class Sweep:
             return None
         rows = [load_row(str(self.run_dir(r)), self.experiments_path, self.split) for r in done]
         for row, r in zip(rows, done):
-            row.values['train_s'] = r.get('train_s')
+            row.values[TRAIN_COLUMN] = r.get('train_s')
         label_rows(rows)
         rows = over_seeds(rows)
         try:

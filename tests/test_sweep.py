@@ -57,15 +57,18 @@ def _sweep_in_process(project: Path, *args: str) -> SimpleNamespace:
 
 def _rows(table: dict) -> list:
     """A comparison table's rows without what names the runs (uuids, folders) or times them (`train_s`)."""
-    def untimed(v):
-        return {c: x for c, x in v.items() if c != 'train_s'} if isinstance(v, dict) else \
-            [c for c in v if c != 'train_s'] if isinstance(v, list) else v
-    return [{k: untimed(v) if k in ('values', 'std', 'best') else v for k, v in r.items()
-             if k not in ('run', 'runs', 'path')} for r in table['rows']]
+    rows = []
+    for r in table['rows']:
+        row = {k: v for k, v in r.items() if k not in ('run', 'runs', 'path')}
+        for per_column in ('values', 'std'):
+            row[per_column] = {c: v for c, v in r[per_column].items() if c != sweep_module.TRAIN_COLUMN}
+        row['best'] = [c for c in r['best'] if c != sweep_module.TRAIN_COLUMN]
+        rows.append(row)
+    return rows
 
 
 def _metric_columns(table: dict) -> list:
-    return [c for c in table['columns'] if c['key'] != 'train_s']
+    return [c for c in table['columns'] if c['key'] != sweep_module.TRAIN_COLUMN]
 
 
 # ------------------------------------------------------------------------------------------------ grids
