@@ -186,6 +186,31 @@ class LogGuard:
 
 
 
+def training_pid(run_dir: Path) -> Optional[int]:
+    """
+    The pid in `run_dir/run.pid` (labml writes it when a run starts and never removes it) if that process is
+    still alive, else `None`. A zombie counts as finished: a process whose parent was killed is reparented to
+    pid 1, and until pid 1 reaps it, `kill(pid, 0)` still succeeds although it has exited.
+    """
+    try:
+        pid = int((run_dir / 'run.pid').read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            if f.read().rsplit(')', 1)[-1].split()[0] in ('Z', 'X'):
+                return None
+    except (OSError, IndexError):
+        pass  # no /proc (not Linux), or the process is gone: kill() tells
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
 def load_checkpoint(run_dir: Path, map_location='cpu') -> Dict[str, Any]:
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():

@@ -23,7 +23,7 @@ from labml import experiment, lab
 
 from configs import registry
 from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, find_run, \
-    first_write_error, load_checkpoint, load_values, save_values
+    first_write_error, load_checkpoint, load_values, save_values, training_pid
 from configs.cli import UsageError, check, resolve
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
@@ -71,17 +71,10 @@ def _claim_run_folder(run_dir: Path) -> None:
     pid_file = run_dir / 'run.pid'
     if not pid_file.exists():
         return
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        pid_file.unlink()  # stale: that process is gone
-        return
-    except PermissionError:
-        pass
-    if pid != os.getpid():
+    pid = training_pid(run_dir)
+    if pid is not None and pid != os.getpid():
         raise UsageError(f"run {run_dir.name} is still running (pid {pid}); stop it before resuming")
-    pid_file.unlink()
+    pid_file.unlink(missing_ok=True)
 
 
 @dataclass

@@ -484,18 +484,14 @@ class Sweep:
     def wait_for_previous(run_dir: Path, timeout: float = TERMINATE_GRACE_S) -> Optional[int]:
         """Waits while the process that last trained `run_dir` (its `run.pid`) is alive, e.g. still saving after
         the previous sweep was killed; returns its pid if it is still alive after `timeout` seconds."""
+        from configs.checkpoint import training_pid
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                pid = int((run_dir / 'run.pid').read_text().strip())
-                with open(f'/proc/{pid}/stat') as f:
-                    if f.read().rsplit(')', 1)[-1].split()[0] in ('Z', 'X'):
-                        return None  # a zombie: it has finished
-                os.kill(pid, 0)
-            except (OSError, ValueError, IndexError):
+            pid = training_pid(run_dir)
+            if pid is None or pid == os.getpid():
                 return None
-            if pid == os.getpid() or time.monotonic() > deadline:
-                return pid if pid != os.getpid() else None
+            if time.monotonic() > deadline:
+                return pid
             time.sleep(0.2)
 
     def start(self, run, stage: str) -> None:

@@ -62,6 +62,32 @@ def test_kill_9_then_resume_finishes_the_epochs(workdir, synthetic_data_dir):
     assert final['samples_seen'] == epochs * 512
 
 
+def test_resume_waits_for_a_live_trainer_not_a_zombie(workdir, synthetic_data_dir):
+    """labml never removes `run.pid`. A live process named there blocks a resume; one that has exited but is not
+    yet reaped (a zombie: its parent, a sweep, was killed and pid 1 has not reaped it yet) does not."""
+    r = _run(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=1')
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = list((workdir / 'logs' / 'evidence_mnist').iterdir())
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+    try:
+        (run / 'run.pid').write_text(str(other.pid))
+        r = _run(workdir, f'resume={run.name}', 'epochs=2')
+        assert r.returncode == 2 and f'still running (pid {other.pid})' in r.stderr, r.stderr[-2000:]
+        assert load_checkpoint(run)['epoch'] == 1
+        other.kill()
+        deadline = time.time() + 30  # not waited for: a zombie, which kill(pid, 0) still finds
+        while Path(f'/proc/{other.pid}/stat').read_text().rsplit(')', 1)[-1].split()[0] != 'Z':
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(other.pid, 0)
+        r = _run(workdir, f'resume={run.name}', 'epochs=2')
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert load_checkpoint(run)['epoch'] == 2
+    finally:
+        other.kill()
+        other.wait()
+
+
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_save_mark_and_explain(workdir, synthetic_data_dir, sig, code):
     proc = _start(workdir, 'preset=smoke', f'data_dir={synthetic_data_dir}', 'epochs=200')

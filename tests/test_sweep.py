@@ -241,7 +241,9 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
 def _wait_for(condition, process, timeout=120.0, what=''):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert process.poll() is None, f"the sweep ended before {what}: {process.returncode}"
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the sweep ended before {what}: {process.returncode}\n{out[-3000:]}\n{err[-3000:]}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
