@@ -185,7 +185,6 @@ class LogGuard:
         return None
 
 
-
 def training_pid(run_dir: Path) -> Optional[int]:
     """
     The pid in `run_dir/run.pid` (labml writes it when a run starts and never removes it) if that process is

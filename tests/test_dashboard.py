@@ -238,9 +238,8 @@ def test_unreachable_dashboard_warns_once_and_costs_no_time(synthetic_data_dir, 
     assert base.returncode == 0 and down.returncode == 0, down.stderr[-3000:]
     warnings = [l for l in down.stderr.splitlines() if 'dashboard' in l]
     assert len(warnings) == 1 and 'unreachable' in warnings[0], down.stderr
-    # a hang check against a reference run, not a speed target: labml's own client would retry for minutes at
-    # exit; ours warns once and stops trying (10 s is a margin for a loaded machine)
-    assert t_down < t_base + 10, f'run with the dashboard down took {t_down:.1f}s vs {t_base:.1f}s'
+    # "within a few seconds": labml's own client would retry for minutes at exit
+    assert t_down < t_base + max(3.0, 0.3 * t_base), f'run with the dashboard down took {t_down:.1f}s vs {t_base:.1f}s'
     base_dir, down_dir = _run_dir(tmp_path / 'base', base.stdout), _run_dir(tmp_path / 'down', down.stdout)
     assert _run_status(down_dir) == 'completed'
     base_steps, down_steps = _local_steps(base_dir), _local_steps(down_dir)
