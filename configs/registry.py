@@ -29,6 +29,10 @@ FAMILIES: Dict[str, str] = {
     'circuit_mnist': 'configs.circuit',
 }
 
+#: Keys that do not change what is trained (where files are, where it runs, how it is reported): a resume may
+#: change them, a sweep leaves them out of a run's identity and name, `compare` out of labels and groups
+NOT_TRAINING = frozenset({'data_dir', 'dashboard', 'download', 'device', 'log_interval', 'valid_batch_size'})
+
 
 @dataclass(frozen=True)
 class Capabilities:

@@ -27,9 +27,9 @@ from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, fin
 from configs.cli import UsageError, check, resolve
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
-# Keys that may differ when a run is resumed (everything else is taken from the run)
-RESUME_OVERRIDABLE = {'epochs', 'device', 'dashboard', 'data_dir', 'download', 'resume', 'log_interval',
-                      'valid_batch_size', 'optimizer.learning_rate'}
+# Keys that may differ when a run is resumed (everything else is taken from the run): those that do not change
+# what is trained, and how long and how fast it goes on
+RESUME_OVERRIDABLE = registry.NOT_TRAINING | {'resume', 'epochs', 'optimizer.learning_rate'}
 
 
 def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], experiment_name: str):

@@ -57,9 +57,9 @@ SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
 MISSING_COLUMNS = (0.2, 0.5)
 MISSING_FIGURE = 'comparison_missing_pixels.png'
 MISSING = '–'
-#: Settings that do not change what is trained (where files are, how it is reported); never in labels or groups
-NOT_SETTINGS = {'data_dir', 'dashboard', 'resume', 'download', 'device', 'log_interval', 'valid_batch_size',
-                'experiment_name', 'optimizer.parameters'}
+#: Never in labels or groups: settings that do not change what is trained, which run was resumed, and labml's
+#: bookkeeping (the experiment's name, the optimizer's parameter list)
+NOT_SETTINGS = registry.NOT_TRAINING | {'resume', 'experiment_name', 'optimizer.parameters'}
 
 
 class CompareError(RuntimeError):

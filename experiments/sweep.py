@@ -54,12 +54,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from configs.registry import NOT_TRAINING
+
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS_FOLDER = 'sweeps'
 STATE_FILE = 'sweep.json'
-#: Keys that do not change what is trained (where files are, how it is reported): not part of a run's identity
-#: or of the sweep's default name, so a sweep can be continued with another dashboard, device or data folder
-NOT_IDENTITY = ('data_dir', 'dashboard', 'download', 'device', 'log_interval', 'valid_batch_size')
+#: Keys that do not change what is trained are not part of a run's identity or of the sweep's default name, so a
+#: sweep can be continued with another dashboard, device or data folder
+NOT_IDENTITY = NOT_TRAINING
 #: Seconds a run gets to save its last epoch after SIGTERM before it is killed
 TERMINATE_GRACE_S = 60
 PROGRESS_EVERY_S = 30
