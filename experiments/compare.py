@@ -13,8 +13,9 @@ misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a 
 (e.g. `u` for a softmax model, `mutual_information` for an evidential one) is shown as "–".
 
 The table is printed and written as `comparison.md` and `comparison.json` into `--out` (default:
-the current directory), with `comparison_missing_pixels.png`: every run's missing-pixel sweep in one figure
-(accuracy at 20 % and 50 % missing pixels are table columns). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
+the current directory), with each perturbation's comparison figure (`experiments.evaluation.perturbations`):
+`comparison_missing_pixels.png` draws every run's missing-pixel sweep in one figure. Perturbations add their
+columns after the in-distribution metrics (accuracy at 20 % and 50 % missing pixels: `missing/0.2/accuracy`). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
 a run folder. A run that has not been evaluated is an error (exit code 2).
 
 `--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
@@ -45,7 +46,7 @@ from typing import Any, Dict, List, Optional
 from configs import registry
 from configs.checkpoint import CheckpointError, atomic_write_bytes, find_run
 from evidential.metrics import ID_METRICS, OOD_METRICS
-from experiments.evaluation import SPLIT_FILES
+from experiments.evaluation import SPLIT_FILES, perturbations
 
 #: `--split` → the evaluation file it reads (as `experiments.evaluate --split` writes them)
 EVALUATION_FILES = {split: files[0] for split, files in SPLIT_FILES.items()}
@@ -53,9 +54,6 @@ MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
 #: OOD scores in table order (others follow alphabetically)
 SCORE_ORDER = ('u', 'entropy', 'msp', 'mutual_information')
-#: Fractions of missing pixels whose accuracy is a column (`missing/0.2/accuracy`; all are in the figure)
-MISSING_COLUMNS = (0.2, 0.5)
-MISSING_FIGURE = 'comparison_missing_pixels.png'
 MISSING = '–'
 #: Never in labels or groups: settings that do not change what is trained, which run was resumed, and labml's
 #: bookkeeping (the experiment's name, the optimizer's parameter list)
@@ -81,8 +79,8 @@ class Row:
     # With `--over-seeds`: the runs averaged into this row, and each column's standard deviation over them
     runs: List[str] = field(default_factory=list)
     std: Dict[str, Optional[float]] = field(default_factory=dict)
-    # The run's missing-pixel sweep (`evaluation.json`), for the comparison's figure
-    missing_pixels: Optional[Dict[str, Any]] = None
+    # The run's perturbation blocks (`evaluation.json`), for the comparison figures: `{name: block}`
+    perturbations: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 def _short(value: Any) -> str:
@@ -197,24 +195,14 @@ def over_seeds(rows: List[Row]) -> List[Row]:
                 continue
             row.values[column] = statistics.fmean(present)
             row.std[column] = statistics.stdev(present) if len(present) > 1 else None
-        row.missing_pixels = _mean_missing([m.missing_pixels for m in members])
+        for p in perturbations.all_perturbations():  # each perturbation averages its own blocks, if it can
+            blocks = [m.perturbations.get(p.name) for m in members]
+            if all(b is not None for b in blocks):
+                mean = p.mean_over_seeds(blocks)
+                if mean is not None:
+                    row.perturbations[p.name] = mean
         merged.append(row)
     return merged
-
-
-def _mean_missing(blocks: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
-    """The missing-pixel sweeps of several seeds averaged point by point (`None` unless all have the same one)."""
-    if not blocks or any(b is None for b in blocks) or \
-            len({json.dumps([b['fractions'], b['n_samples'], sorted(b['patterns'])]) for b in blocks}) > 1:
-        return None
-    first = blocks[0]
-
-    def mean(values):
-        return [statistics.fmean(v) for v in zip(*values)]
-    return {**first, 'accuracy': mean([b['accuracy'] for b in blocks]),
-            'mean_score': {'entropy': mean([b['mean_score']['entropy'] for b in blocks])},
-            'patterns': {n: {'accuracy': statistics.fmean(b['patterns'][n]['accuracy'] for b in blocks)}
-                         for n in first['patterns']}}
 
 
 def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
@@ -253,15 +241,16 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
         for score, per_metric in per_score.items():
             for metric, value in per_metric.items():
                 row.values[f'ood/{set_name}/{score}/{metric}'] = _number(value)
-    missing = evaluation.get('missing_pixels')
-    if isinstance(missing, dict):
+    for p in perturbations.all_perturbations():
+        block = evaluation.get(p.name)
+        if not isinstance(block, dict):
+            continue
         try:
-            for fraction in MISSING_COLUMNS:
-                row.values[f'missing/{fraction:g}/accuracy'] = _number(
-                    missing['accuracy'][missing['fractions'].index(fraction)])
-            row.missing_pixels = missing
+            row.values.update({column: _number(v) for column, v in p.columns(block).items()})
+            p.layout(block)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-            raise CompareError(f"{path}: its missing_pixels block is not one of this app; run `{command}` again") from None
+            raise CompareError(f"{path}: its {p.name} block is not one of this app; run `{command}` again") from None
+        row.perturbations[p.name] = block
     return row
 
 
@@ -282,22 +271,22 @@ def columns_of(rows: List[Row]) -> List[str]:
         return (where, score_rank.get(score, len(score_rank)), score,
                 metric_rank.get(metric, len(metric_rank)), metric)
 
-    missing = [f'missing/{f:g}/accuracy' for f in MISSING_COLUMNS if f'missing/{f:g}/accuracy' in keys]
+    perturbation = [c for p in perturbations.all_perturbations() for c in p.column_names() if c in keys]
     selective = sorted((k for k in keys if k.startswith('selective/')), key=order)
     ood = sorted((k for k in keys if k.startswith('ood/')), key=order)
     # anything else a caller put into the rows (a sweep's `train_s`), last
     other = sorted(k for k in keys if '/' not in k and k not in ID_METRICS)
-    return list(ID_METRICS) + missing + selective + ood + other
+    return list(ID_METRICS) + perturbation + selective + ood + other
 
 
 def is_column_name(key: str) -> bool:
-    """Whether `key` can name a metric column (before any run is evaluated): an in-distribution metric,
-    `missing/F/accuracy`, `selective/SCORE/METRIC` or `ood/SET/SCORE/METRIC`."""
+    """Whether `key` can name a metric column (before any run is evaluated): an in-distribution metric, a
+    perturbation's column (`missing/F/accuracy`), `selective/SCORE/METRIC` or `ood/SET/SCORE/METRIC`."""
     parts = key.split('/')
     if len(parts) == 1:
         return key in ID_METRICS
-    if parts[0] == 'missing':
-        return len(parts) == 3 and parts[2] == 'accuracy' and parts[1] in {f'{f:g}' for f in MISSING_COLUMNS}
+    if any(key in p.column_names() for p in perturbations.all_perturbations()):
+        return True
     if parts[0] == 'selective':
         return len(parts) == 3 and all(parts) and parts[2] in ID_METRICS
     if parts[0] == 'ood':
@@ -435,16 +424,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
         return 2
     written = [out / MARKDOWN_FILE, out / JSON_FILE]
-    curves = {r.label: r.missing_pixels for r in rows if r.missing_pixels}
-    if curves and len({c['n_samples'] for c in curves.values()}) == 1:
-        from experiments.figures import missing_pixels_plot
-        try:
-            written.append(missing_pixels_plot(curves, out / MISSING_FIGURE))
-        except OSError as e:
-            print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
-            return 2
-    elif curves:
-        print(f"note: {MISSING_FIGURE} not drawn: the runs' missing-pixel sweeps used different numbers of images")
+    for p in perturbations.all_perturbations():
+        curves = {r.label: r.perturbations[p.name] for r in rows if p.comparison_figure and p.name in r.perturbations}
+        if curves and p.comparable(list(curves.values())):
+            try:
+                p.draw_comparison(curves, out / p.comparison_figure)
+            except OSError as e:
+                print(f"error: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
+                return 2
+            written.append(out / p.comparison_figure)
+        elif curves:
+            print(f"note: {p.comparison_figure} not drawn: the runs' {p.name} blocks used different numbers of images")
     print(text)
     print(f"written: {', '.join(map(str, written))}")
     return 0

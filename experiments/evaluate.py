@@ -1,7 +1,7 @@
 r"""
 # Evaluating a trained run
 
-    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N] [--missing-samples N]
+    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N] [--missing-samples N] ...
     python -m experiments.evaluate RUN --split validation [--ood-file PATH ...]
 
 `RUN` is a run uuid (looked up under the experiments path of the nearest `.labml.yaml`) or a run
@@ -12,8 +12,9 @@ folder. The run's saved configuration is rebuilt and its last checkpoint loaded
 1. predictions: expected probabilities $\hat{p}$ and, for evidential runs, the uncertainty mass $u$;
 2. metrics (`evidential.metrics`): accuracy, NLL, Brier, ECE, AURC, misclassification AUROC, and
    per OOD set and score AUROC / AUPR / FPR95 with OOD as the positive class;
-3. sweeps (`experiments.evaluation.sweeps`): the EDL paper's rotated "1" (0–180°) and FGSM attacks, and
-   missing pixels (cirkit's tutorial: 0–90 % of the pixels, and structured patterns);
+3. perturbations of the test inputs (`experiments.evaluation.perturbations`): the EDL paper's FGSM attacks
+   and rotated "1" (0–180°), and missing pixels (cirkit's tutorial: 0–90 % of the pixels, and structured
+   patterns); each has a `--X-samples N` option where it perturbs a number of test images (0 skips it);
 4. written into the run folder: `evaluation.json`, `predictions.npz` (every number in the JSON can be
    recomputed from it) and PNG figures; the scalar results are appended to the run's labml log
    (`log.jsonl`, as `eval.*` indicators) and a table is printed.
@@ -24,7 +25,7 @@ Every input is checked before anything is written; a mistake is one line on stde
 
 `--split validation` evaluates the run's *held-out* split instead (runs trained with `holdout > 0`),
 with the OOD dataset's *training* split as the default OOD set, so candidate settings can be compared
-without touching a test split. It computes the same metrics, skips the sweeps and figures, and writes
+without touching a test split. It computes the same metrics, skips the perturbations and figures, and writes
 `evaluation_validation.json` and `predictions_validation.npz` (the test-set files are left alone);
 `python -m experiments.compare --split validation` tabulates them.
 
@@ -32,16 +33,16 @@ without touching a test split. It computes the same metrics, skips the sweeps an
 
 A run is rebuilt by its family (`configs/registry.py`). Every score of the family's `Prediction` is
 evaluated (OOD detection, selective prediction) next to entropy and msp; the family's `primary_score`
-ranks the in-distribution block; sweeps and figures run where the family's capabilities allow
-(`experiments/evaluation/sweeps.py`). The jobs live in `experiments/evaluation/`; this module only
-parses arguments and reports.
+ranks the in-distribution block; perturbations and figures run where the family's capabilities allow
+(each perturbation says, `experiments/evaluation/perturbations/`). The jobs live in `experiments/evaluation/`;
+this module only parses arguments and reports.
 """
 import argparse
 import sys
 import time
 from typing import List, Optional
 
-from experiments.evaluation import SPLIT_FILES, EvaluateError
+from experiments.evaluation import SPLIT_FILES, EvaluateError, perturbations
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -55,19 +56,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--data-dir', default=None, metavar='DIR',
                         help="folder holding MNIST/raw, FashionMNIST/raw (default: the run's data_dir)")
     parser.add_argument('--device', default=None, help="auto, cpu, cuda or cuda:N (default: the run's device)")
-    parser.add_argument('--fgsm-samples', type=int, default=2000, metavar='N',
-                        help='test images attacked by FGSM (default 2000; 0 skips the FGSM sweep)')
-    parser.add_argument('--missing-samples', type=int, default=2000, metavar='N',
-                        help='test images of the missing-pixel sweep (default 2000; 0 skips it)')
+    perturbations.add_sample_options(parser)
     parser.add_argument('--split', choices=list(SPLIT_FILES), default='test',
                         help='test (default), or validation: the run\'s held-out split with the OOD dataset\'s '
                              'training split, for model selection; no figures; writes '
                              f"{SPLIT_FILES['validation'][0]}")
     args = parser.parse_args(argv)
-    if args.fgsm_samples < 0:
-        parser.error('--fgsm-samples must be >= 0')
-    if args.missing_samples < 0:
-        parser.error('--missing-samples must be >= 0')
+    try:
+        args.samples = perturbations.samples_of(args)
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 
@@ -81,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from experiments.evaluation.output import EvaluateWriteError, format_table
     try:
         run_dir, results = evaluate(args.run, ood_files=args.ood_file, data_dir=args.data_dir, device=args.device,
-                           fgsm_samples=args.fgsm_samples, missing_samples=args.missing_samples, split=args.split, started=started)
+                                       samples=args.samples, split=args.split, started=started)
     except DataError as e:
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if 'files not found' in str(e) else '')

@@ -1,33 +1,24 @@
 r"""
 # Figures for the evaluation
 
-Two kinds of functions:
-
-* **Sweeps** that need a model: `rotated_digit_sweep` (EDL paper, Fig. 3) and
-  `fgsm_sweep` (Fig. 4). They take plain callables, so they do not depend on the
-  model classes:
-  * `predict_fn(x) -> (probs [N, K], u [N])`, the model's own prediction;
-  * `probs_fn(x) -> probs [N, K]` (differentiable), for the FGSM gradient.
-  Put the model in `eval()` mode before calling them.
-* **Plots**, each taking tensors or numpy arrays plus an output `path`, writing
-  one PNG and returning the path. They use matplotlib's object-oriented API
-  with the Agg canvas (no `pyplot`, no global backend state, no display needed).
+Plots only: each takes tensors or numpy arrays plus an output `path`, writes one PNG and returns the path.
+The perturbations they show are computed in `evidential/perturbations.py` and run by
+`experiments/evaluation/perturbations/`. They use matplotlib's object-oriented API with the Agg canvas (no
+`pyplot`, no global backend state, no display needed).
 
 Entropies are in nats, like `evidential.metrics.entropy`.
 """
 
 import math
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
-
 from evidential import metrics
+from evidential.perturbations import rotate
 
 PathLike = Union[str, Path]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
@@ -72,102 +63,6 @@ def _save(fig: Figure, path: PathLike) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
     return path
-
-
-def rotate(image: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate a `[..., H, W]` image tensor counter-clockwise by `angle` degrees
-    about its centre (bilinear, same size, zero fill)."""
-    return TF.rotate(image, float(angle), interpolation=InterpolationMode.BILINEAR)
-
-
-# ## Sweeps that need a model
-
-class RotationSweep(NamedTuple):
-    angles: torch.Tensor  # [A] degrees
-    images: torch.Tensor  # [A, *image.shape] the rotated inputs
-    probs: torch.Tensor  # [A, K] expected probabilities
-    u: torch.Tensor  # [A] uncertainty score (the uncertainty mass K / S for an evidential model)
-
-
-@torch.no_grad()
-def rotated_digit_sweep(predict_fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
-                        image: torch.Tensor, angles: ArrayLike) -> RotationSweep:
-    r"""EDL paper, Fig. 3: rotate one test digit by each angle and record the
-    predicted probabilities $\hat{p}$ and the uncertainty (for EDL, $u = K / S$).
-
-    * `predict_fn`: `x [A, *image.shape] -> (probs [A, K], u [A])`, the model's own prediction.
-    * `image`: `[C, H, W]` (e.g. `[1, 28, 28]`) or `[H, W]`, on the model's device.
-    * `angles`: degrees, e.g. `np.linspace(0, 180, 19)`.
-    """
-    if not isinstance(image, torch.Tensor):
-        image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"`image` must have shape [C, H, W] or [H, W], got shape {tuple(image.shape)}")
-    angles_t = torch.as_tensor(_1d(angles, "angles"))
-    rotated = torch.stack([rotate(image, a) for a in angles_t.tolist()])
-    probs, u = predict_fn(rotated)
-    if probs.shape[0] != len(angles_t) or u.shape != (len(angles_t),):
-        raise ValueError(f"`predict_fn` returned probs {tuple(probs.shape)} and u {tuple(u.shape)} for "
-                         f"{len(angles_t)} rotated images")
-    return RotationSweep(angles_t, rotated, probs.float(), u.float())
-
-
-class FGSMSweep(NamedTuple):
-    eps: torch.Tensor  # [E]
-    accuracy: torch.Tensor  # [E]
-    mean_entropy: torch.Tensor  # [E] mean entropy of p̂ (nats)
-
-
-def fgsm_sweep(probs_fn: Callable[[torch.Tensor], torch.Tensor],
-               images: torch.Tensor, labels: torch.Tensor, eps_list: ArrayLike,
-               clamp: Optional[tuple] = (0.0, 1.0), batch_size: int = 1000) -> FGSMSweep:
-    r"""EDL paper, Fig. 4: accuracy and mean predictive entropy under the fast
-    gradient sign method (Goodfellow et al., 2015),
-
-    $$x^{\text{adv}} = \operatorname{clip}\big(x + \epsilon\,
-        \operatorname{sign}(\nabla_x \mathcal{L}(x, y))\big),
-      \qquad \mathcal{L}(x, y) = -\log \hat{p}_y(x),$$
-
-    with $\hat{p} = \alpha / S$ for an EDL model. The gradient is taken once at
-    the clean input, so every $\epsilon$ reuses it; $\epsilon = 0$ is the clean input.
-
-    * `probs_fn`: differentiable `x [B, ...] -> probs [B, K]`.
-    * `images`, `labels`: `[N, ...]`, `[N]`, on the model's device.
-    * `eps_list`: perturbation sizes in input units (for inputs in $[0, 1]$).
-    * `clamp`: `(lo, hi)` valid input range after the step, or `None` for no
-      clipping (e.g. for normalised inputs).
-
-    Only gradients w.r.t. the input are computed (`torch.autograd.grad`), so
-    parameter `.grad`s are not touched.
-    """
-    eps = torch.as_tensor(_1d(eps_list, "eps_list"))
-    if (eps < 0).any():
-        raise ValueError(f"`eps_list` must be >= 0, got {eps.tolist()}")
-    if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
-        raise ValueError(f"`images` ({images.shape[0]}) and `labels` ({labels.shape[0]}) must have the same, "
-                         f"non-zero number of samples")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    correct = torch.zeros(len(eps), dtype=torch.float64)
-    entropy_sum = torch.zeros(len(eps), dtype=torch.float64)
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].detach().clone().requires_grad_(True)
-        y = labels[start:start + batch_size].long()
-        with torch.enable_grad():
-            p = probs_fn(x)
-            loss = -p.gather(1, y[:, None]).clamp_min(metrics.NLL_EPS).log().sum()
-            grad, = torch.autograd.grad(loss, x)
-        step = grad.sign()
-        with torch.no_grad():
-            for j, e in enumerate(eps.tolist()):
-                x_adv = x.detach() + e * step
-                if clamp is not None:
-                    x_adv = x_adv.clamp(*clamp)
-                p_adv = probs_fn(x_adv).double()
-                correct[j] += (p_adv.argmax(dim=1) == y).sum().item()
-                entropy_sum[j] += (-torch.special.xlogy(p_adv, p_adv).sum(dim=1)).sum().item()
-    n = images.shape[0]
-    return FGSMSweep(eps, correct / n, entropy_sum / n)
 
 
 # ## Plots

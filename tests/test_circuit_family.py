@@ -14,7 +14,8 @@ from configs.experiment import MNISTExperimentConfigs
 from configs.runner import load_trained
 from evidential.data import normalize
 from experiments import compare, evaluate
-from experiments.evaluation.sweeps import MISSING_FRACTIONS, missing_patterns
+from evidential.perturbations import missing_patterns
+from experiments.evaluation.perturbations.missing_pixels import FRACTIONS as MISSING_FRACTIONS
 from experiments.train import main as train
 
 

@@ -1,11 +1,12 @@
-"""Tests for `experiments.figures`: every plot writes a valid PNG; the model
-sweeps return the right shapes and behave as FGSM / rotation should."""
+"""Tests for `experiments.figures` (every plot writes a valid PNG) and for the perturbations they show
+(`evidential.perturbations`: FGSM and the rotated digit return the right shapes and behave as they should)."""
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
 
+from evidential import perturbations as P
 from evidential.dirichlet import opinion
 from experiments import figures as F
 
@@ -125,7 +126,7 @@ def test_fgsm_sweep_shapes_clean_accuracy_and_degradation():
     eps = [0.0, 0.05, 0.1, 0.2, 0.4]
     clean_acc = (probs_fn(images).argmax(1) == labels).double().mean().item()
     assert clean_acc > 0.9  # the toy model works on clean data
-    sweep = F.fgsm_sweep(probs_fn, images, labels, eps, batch_size=64)  # several batches
+    sweep = P.fgsm(probs_fn, images, labels, eps, batch_size=64)  # several batches
     assert sweep.eps.shape == sweep.accuracy.shape == sweep.mean_entropy.shape == (5,)
     assert sweep.accuracy[0].item() == pytest.approx(clean_acc, abs=1e-12)
     # attacks of growing size hurt: monotone (up to noise) and far below clean at the end
@@ -144,14 +145,14 @@ def test_fgsm_sweep_does_not_touch_parameter_grads():
         alpha = torch.nn.functional.softplus(layer(x.reshape(x.shape[0], -1))) + 1
         return alpha / alpha.sum(1, keepdim=True)
 
-    F.fgsm_sweep(probs_fn, images, labels, [0.0, 0.1])
+    P.fgsm(probs_fn, images, labels, [0.0, 0.1])
     assert layer.weight.grad is None
 
 
 def test_fgsm_sweep_rejects_negative_eps():
     images, labels, _, probs_fn = linear_problem(n=10)
     with pytest.raises(ValueError, match=">= 0"):
-        F.fgsm_sweep(probs_fn, images, labels, [0.0, -0.1])
+        P.fgsm(probs_fn, images, labels, [0.0, -0.1])
 
 
 def dirichlet(evidence):
@@ -164,7 +165,7 @@ def test_rotated_digit_sweep():
     images, _, evidence_fn, probs_fn = linear_problem(n=5)
     image = images[0]
     angles = np.linspace(0, 180, 7)
-    sweep = F.rotated_digit_sweep(lambda x: dirichlet(evidence_fn(x)), image, angles)
+    sweep = P.rotated_digit(lambda x: dirichlet(evidence_fn(x)), image, angles)
     assert sweep.angles.shape == (7,)
     assert sweep.images.shape == (7, 1, SIDE, SIDE)
     assert sweep.probs.shape == (7, K)
@@ -175,16 +176,16 @@ def test_rotated_digit_sweep():
     assert torch.allclose(sweep.probs[0], probs_fn(image[None])[0], atol=1e-6)
     assert torch.allclose(sweep.u, K / (evidence_fn(sweep.images) + 1).sum(1))
     # rotating by 180 degrees twice gives the image back
-    assert torch.allclose(F.rotate(sweep.images[-1], 180.0), image, atol=1e-5)
+    assert torch.allclose(P.rotate(sweep.images[-1], 180.0), image, atol=1e-5)
     # a rotation actually changes the input
     assert not torch.allclose(sweep.images[3], image)
 
 
 def test_sweep_plots_end_to_end(tmp_path):
     images, labels, evidence_fn, probs_fn = linear_problem(n=60)
-    rot = F.rotated_digit_sweep(lambda x: dirichlet(evidence_fn(x)), images[0], np.linspace(0, 180, 10))
+    rot = P.rotated_digit(lambda x: dirichlet(evidence_fn(x)), images[0], np.linspace(0, 180, 10))
     path = tmp_path / "rot.png"
     assert_png(path, F.rotation_plot(rot.angles, rot.probs, rot.u, images[0], path))
-    fg = F.fgsm_sweep(probs_fn, images, labels, [0.0, 0.1, 0.3])
+    fg = P.fgsm(probs_fn, images, labels, [0.0, 0.1, 0.3])
     path = tmp_path / "fgsm.png"
     assert_png(path, F.fgsm_plot(fg.eps, fg.accuracy, fg.mean_entropy, path, num_classes=K))

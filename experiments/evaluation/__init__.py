@@ -4,7 +4,8 @@
 * `inputs`: the OOD sets — `--ood-file` checks and the run's default OOD dataset;
 * `predictions`: predictions of a split or of images, their scores, and the arrays of `predictions.npz`;
 * `results`: the metric blocks of `evaluation.json`, computed from exactly those arrays;
-* `sweeps`: experiments that perturb the inputs (FGSM, a rotated digit), each saying which families it applies to;
+* `perturbations`: the registry of perturbations of the test inputs (FGSM, a rotated digit, missing pixels), each a
+  module that owns its options, its block of the results, its figure and its `compare` columns;
 * `plots`: the PNG figures;
 * `output`: writing results — JSON, npz, labml's log — and the printed table;
 * `core`: `evaluate()`, which runs them in order and raises `EvaluateError` (and the loaders' errors) on bad input.
@@ -14,7 +15,7 @@
 
 RESULTS_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.npz'
-#: What `--split` evaluates → (results file, predictions file); `test` also runs the sweeps, draws figures and
+#: What `--split` evaluates → (results file, predictions file); `test` also runs the perturbations, draws figures and
 #: logs to labml. `experiments.compare --split` reads the same results files.
 SPLIT_FILES = {'test': (RESULTS_FILE, PREDICTIONS_FILE),
                'validation': ('evaluation_validation.json', 'predictions_validation.npz')}

@@ -6,16 +6,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from experiments.evaluation import SPLIT_FILES, EvaluateError
+from experiments.evaluation import SPLIT_FILES, EvaluateError, perturbations
 from experiments.evaluation.inputs import default_ood, load_ood_files
 
 
 def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = None, device: Optional[str] = None,
-             fgsm_samples: int = 2000, missing_samples: int = 2000, split: str = 'test', started: Optional[float] = None,
+             samples: Optional[Dict[str, Optional[int]]] = None, split: str = 'test', started: Optional[float] = None,
              log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
     """
     Evaluates `run` (a uuid or run folder) and writes the results into its folder; returns the folder and the
     data of `evaluation.json` (or `evaluation_validation.json` with `split='validation'`). Progress and notes go to `log`.
+    `samples`: `{perturbation name: test images}` (`experiments.evaluation.perturbations`; missing or `None`:
+    the perturbation's default, 0: skipped).
 
     Every input is checked before anything is written: raises `EvaluateError`, `CheckpointError`,
     `DataError`, `UsageError` or `ValueError` (e.g. no CUDA for `device='cuda'`).
@@ -23,10 +25,13 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     started = time.perf_counter() if started is None else started
     if split not in SPLIT_FILES:
         raise EvaluateError(f"split must be one of {', '.join(SPLIT_FILES)}, got {split!r}")
-    if fgsm_samples < 0:
-        raise EvaluateError('--fgsm-samples must be >= 0')
-    if missing_samples < 0:
-        raise EvaluateError('--missing-samples must be >= 0')
+    samples = {name: n for name, n in (samples or {}).items() if n is not None}
+    for name, n in samples.items():
+        option = perturbations.get(name).samples
+        if option is None:
+            raise EvaluateError(f"the {name} perturbation takes no sample count")
+        if n < 0:
+            raise EvaluateError(f'--{option.flag} must be >= 0')
     # ---- everything that can fail on bad input, before anything is written
     ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
     import torch
@@ -36,7 +41,6 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     from experiments.evaluation.plots import write_figures
     from experiments.evaluation.predictions import predict_images, prediction_arrays
     from experiments.evaluation.results import compute_metrics
-    from experiments.evaluation.sweeps import SweepContext, run_sweeps
     # labml prints a line per configuration it computes ("Prepare model..."); not useful here
     monitor_singleton().silent(True)
     try:
@@ -77,11 +81,9 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
 
         # ---- metrics, from exactly the arrays saved in predictions.npz
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
-        sweeps, sweep_notes = ({}, []) if selecting else run_sweeps(
-            family.capabilities,
-            SweepContext(conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), fgsm_samples, missing_samples,
-                         family.capabilities))
-        for note in sweep_notes:
+        blocks, perturbation_notes = ({}, []) if selecting else perturbations.run_all(perturbations.Context(
+            conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples))
+        for note in perturbation_notes:
             log(f"note: {note}")
 
         # ---- write (an earlier results file goes first: it must never sit beside other predictions)
@@ -96,7 +98,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         try:
             save_npz(run_dir / predictions_file, npz)
             written, figure_notes = ({}, []) if selecting else write_figures(
-                run_dir, conf, test, id_arrays, labels, ood_arrays, sweeps, test_evidence)
+                run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
         for note in figure_notes:
@@ -118,12 +120,12 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         'ood_split': 'train' if selecting else 'test',
         'n': {'id': int(len(labels)), **{name: int(len(a['probs'])) for name, a in ood_arrays.items()}},
         'ood_files': {Path(p).expanduser().stem: str(Path(p).expanduser().resolve()) for p in ood_files},
-        **{k: v for k, v in sweeps.items()},
+        **blocks,
         'figures': written,
-        'notes': notes + sweep_notes + figure_notes,
+        'notes': notes + perturbation_notes + figure_notes,
         'predictions': predictions_file,
     }
-    for block in sweeps.values():  # figure-only values (the rotated image) stay out of the JSON
+    for block in blocks.values():  # figure-only values (the rotated image) stay out of the JSON
         for key in [k for k in block if k.startswith('_')]:
             del block[key]
     scalars = flat_scalars(results)

@@ -1,4 +1,5 @@
-"""The PNG figures of an evaluation, from the saved arrays and the sweeps' results (`experiments.figures` draws)."""
+"""The PNG figures of an evaluation, from the saved arrays and the perturbations' blocks (`experiments.figures`
+draws; each perturbation draws its own)."""
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -7,25 +8,30 @@ import torch
 
 from evidential import metrics
 from experiments import figures
+from experiments.evaluation import perturbations
 
+#: The figures of every evaluation (the perturbations name theirs: `Perturbation.figure`)
 FIGURES = {
     'reliability': 'eval_reliability.png',
     'uncertainty_histograms': 'eval_uncertainty_histograms.png',
     'entropy_cdf': 'eval_entropy_cdf.png',
-    'rotated_digit': 'eval_rotated_digit.png',
-    'fgsm': 'eval_fgsm.png',
     'extreme_uncertainty': 'eval_extreme_uncertainty.png',
-    'missing_pixels': 'eval_missing_pixels.png',
 }
 
 
+def figure_files() -> Dict[str, str]:
+    """`{figure key: file name}` of every figure an evaluation can draw."""
+    return {**FIGURES, **dict(p.figure for p in perturbations.all_perturbations() if p.figure)}
+
+
 def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], labels: np.ndarray,
-                  ood_arrays: Dict[str, Dict[str, np.ndarray]], sweeps: Dict[str, Any],
+                  ood_arrays: Dict[str, Dict[str, np.ndarray]], blocks: Dict[str, Any],
                   test_evidence: Optional[torch.Tensor]) -> Tuple[Dict[str, str], List[str]]:
     """The PNG figures; returns `{figure: file name}` and notes on those skipped. A figure of an earlier
     evaluation that this one did not draw is removed."""
     from evidential.data import dataset_spec
     spec = dataset_spec(conf.dataset.name)
+    files = figure_files()
     written, notes = {}, []
     probs = id_arrays['probs']
     preds = probs.argmax(1)
@@ -33,8 +39,8 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
     k = probs.shape[1]
 
     def path(key):
-        written[key] = FIGURES[key]
-        return run_dir / FIGURES[key]
+        written[key] = files[key]
+        return run_dir / files[key]
 
     figures.reliability_diagram(probs, labels, path('reliability'))
     if 'u' in id_arrays:
@@ -48,25 +54,17 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
                             path('entropy_cdf'), num_classes=k)
     else:
         notes.append('entropy CDF skipped: no out-of-distribution set')
-    if 'rotation' in sweeps:
-        r = sweeps['rotation']
-        figures.rotation_plot(r['angles'], r['probs'], r['u'], r['_image'], path('rotated_digit'))
-    else:
-        notes.append('rotated-digit figure skipped: the model gives no evidence')
-    if 'fgsm' in sweeps:
-        f = sweeps['fgsm']
-        figures.fgsm_plot(f['eps'], f['accuracy'], f['mean_entropy'], path('fgsm'), num_classes=k,
-                          label=f"{conf.dataset.name} test, first {f['n_samples']}")
-    if 'missing_pixels' in sweeps:
-        figures.missing_pixels_plot({f"{conf.dataset.name} test": sweeps['missing_pixels']}, path('missing_pixels'),
-                                    num_classes=k)
+    for perturbation in perturbations.all_perturbations():
+        if perturbation.figure and perturbation.name in blocks:
+            perturbation.draw(blocks[perturbation.name], path(perturbation.figure[0]), dataset=conf.dataset.name,
+                              num_classes=k)
     if test_evidence is not None and 'u' in id_arrays:
         images = (test.images.cpu() * spec.std + spec.mean).clamp(0, 1)
         figures.extreme_uncertainty_grid(images, id_arrays['u'], test_evidence.cpu(), labels, preds,
                                          path('extreme_uncertainty'))
     else:
         notes.append('lowest/highest-u images skipped: the model gives no evidence and uncertainty mass')
-    for key, name in FIGURES.items():
+    for key, name in files.items():
         if key not in written and (run_dir / name).exists():
             (run_dir / name).unlink()
     return written, notes

@@ -1,0 +1,97 @@
+"""What a perturbation of the test inputs is: everything the app needs to know about one, in one class."""
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from configs.registry import Capabilities
+
+
+@dataclass(frozen=True)
+class SampleOption:
+    """A perturbation's `--NAME-samples N` option of `experiments.evaluate` (passed on by `experiments.sweep`):
+    how many test images it perturbs; 0 skips it."""
+    # The flag without dashes, e.g. `fgsm-samples`
+    flag: str
+    default: int
+    # What N counts, for `--help` (the default and "0 skips it" are added)
+    help: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a perturbation gets: the rebuilt run (`conf`, with its model in eval mode), its test split, the
+    predicted classes of that split, the family's capabilities and the sample counts asked for."""
+    conf: Any
+    test: Any
+    preds: Any
+    capabilities: Capabilities = Capabilities()
+    # `{perturbation name: N}` from the sample options; a perturbation missing here uses its default
+    samples: Optional[Dict[str, int]] = None
+
+    def n_samples(self, perturbation: 'Perturbation') -> int:
+        """How many test images `perturbation` gets: its sample option (or its default), at most the split."""
+        option = perturbation.samples
+        n = (self.samples or {}).get(perturbation.name, option.default if option else len(self.test))
+        return min(n, len(self.test))
+
+
+class Perturbation:
+    """
+    One perturbation of the test inputs. Subclasses set the class attributes and implement `run`; the rest has
+    defaults (no figure, no `compare` columns, no seed averaging).
+
+    The block `run` returns goes into `evaluation.json` under `name`; its keys starting with `_` are for the
+    figure only and are dropped before the JSON is written.
+    """
+    #: The key of its block in `evaluation.json`
+    name: str = ''
+    #: Its `--X-samples` option, or `None` (it uses the split as it needs)
+    samples: Optional[SampleOption] = None
+    #: `(figure key, file name)` of its figure in the run folder, or `None`
+    figure: Optional[tuple] = None
+    #: The file name of its figure over several runs in `compare`'s output folder, or `None`
+    comparison_figure: Optional[str] = None
+
+    # -- evaluation
+    def skip_reason(self, capabilities: Capabilities) -> Optional[str]:
+        """Why it does not apply to a family with these `capabilities` (a note for the user), or `None`."""
+        return None
+
+    def run(self, ctx: Context) -> Optional[Dict[str, Any]]:
+        """The JSON block of the perturbation on `ctx`'s run, or `None` when there is nothing to record."""
+        raise NotImplementedError
+
+    def draw(self, block: Dict[str, Any], path: Path, *, dataset: str, num_classes: int) -> None:
+        """Draws its figure of `block` to `path` (called only where `figure` is set)."""
+
+    # -- compare
+    def column_names(self) -> List[str]:
+        """The `compare` columns it can give (`missing/0.5/accuracy`), before any run is evaluated."""
+        return []
+
+    def columns(self, block: Dict[str, Any]) -> Dict[str, Any]:
+        """`{column: value}` of a run's block; raises `KeyError`, `ValueError`, ... on a block of another
+        format (`compare` then says to evaluate the run again)."""
+        return {}
+
+    def comparable(self, blocks: List[Dict[str, Any]]) -> bool:
+        """Whether these runs' blocks can share one figure or be averaged (the same points, the same images)."""
+        return len({json.dumps(self.layout(b)) for b in blocks}) == 1
+
+    def layout(self, block: Dict[str, Any]) -> Any:
+        """What must be equal for blocks to be compared point by point."""
+        return block.get('n_samples')
+
+    def mean_over_seeds(self, blocks: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """The blocks of several seeds averaged point by point (the curves `draw_comparison` reads), or `None`."""
+        return None
+
+    def draw_comparison(self, curves: Dict[str, Dict[str, Any]], path: Path) -> None:
+        """Draws `{row label: block}` of several runs to `path` (called only where `comparison_figure` is set)."""
+
+
+def mean_curves(blocks: List[Dict[str, Any]]) -> List[float]:
+    """Lists of numbers averaged point by point."""
+    return [statistics.fmean(values) for values in zip(*blocks)]
