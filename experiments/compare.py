@@ -81,6 +81,8 @@ class Row:
     std: Dict[str, Optional[float]] = field(default_factory=dict)
     # The run's perturbation blocks (`evaluation.json`), for the comparison figures: `{name: block}`
     perturbations: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # Why the evaluation is not of the run's last checkpoint (`None`: it is)
+    stale: Optional[str] = None
 
 
 def _short(value: Any) -> str:
@@ -163,7 +165,7 @@ def label_rows(rows: List[Row]) -> None:
     differing = differing_settings(rows)
     for r in rows:
         extra = {k: r.config.get(k) for k in differing[r.experiment]}
-        r.label = row_label(r.experiment, r.run, r.settings, extra)
+        r.label = row_label(r.experiment, r.run, r.settings, extra) + (f" [STALE: {r.stale}]" if r.stale else '')
 
 
 def over_seeds(rows: List[Row]) -> List[Row]:
@@ -186,8 +188,11 @@ def over_seeds(rows: List[Row]) -> List[Row]:
         seeds = ', '.join(_short(m.config.get('seed', '?')) for m in members)
         label = row_label(first.experiment, '', settings, {k: first.config.get(k) for k in differing[first.experiment]})
         label += f" × {len(members)} seed{'s' if len(members) > 1 else ''} ({seeds})"
+        stale = [f"{m.run[:8]} {m.stale}" for m in members if m.stale]
+        label += f" [STALE: {'; '.join(stale)}]" if stale else ''
         row = Row(run=','.join(m.run for m in members), experiment=first.experiment, label=label, path=first.path,
-                  settings=settings, id_score=first.id_score, config=first.config, runs=[m.run for m in members])
+                  settings=settings, id_score=first.id_score, config=first.config, runs=[m.run for m in members],
+                  stale='; '.join(stale) or None)
         for column in {k for m in members for k in m.values}:
             present = [m.values.get(column) for m in members]
             if any(v is None for v in present):
@@ -231,7 +236,7 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
     settings = key_settings(experiment, saved)
     row = Row(run=run_dir.name, experiment=experiment, label=row_label(experiment, run_dir.name, settings),
               path=run_dir, settings=settings, id_score=evaluation.get('id_score'), config=run_config(run_dir),
-              runs=[run_dir.name])
+              runs=[run_dir.name], stale=_staleness(run_dir, evaluation))
     for metric in ID_METRICS:
         row.values[metric] = _number(id_block.get(metric))
     for score, per_metric in selective_block.items():
@@ -252,6 +257,17 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
             raise CompareError(f"{path}: its {p.name} block is not one of this app; run `{command}` again") from None
         row.perturbations[p.name] = block
     return row
+
+
+def _staleness(run_dir: Path, evaluation: Dict[str, Any]) -> Optional[str]:
+    """`'evaluated at epoch 5 of 6'` where the evaluation's epoch is not that of the run's checkpoint now."""
+    from configs.checkpoint import load_checkpoint
+    try:
+        epoch = load_checkpoint(run_dir)['epoch']
+    except (CheckpointError, KeyError):
+        return None
+    evaluated = evaluation.get('epoch')
+    return None if evaluated == epoch else f"evaluated at epoch {evaluated}, checkpoint at epoch {epoch}"
 
 
 def _number(value: Any) -> Optional[float]:
@@ -333,7 +349,7 @@ def build(rows: List[Row], columns: Optional[List[str]] = None) -> Dict[str, Any
         'columns': [{'key': c, 'better': direction(c)} for c in columns],
         'rows': [{'run': r.run, 'runs': r.runs, 'experiment': r.experiment, 'label': r.label, 'path': str(r.path),
                   'settings': r.settings, 'id_score': r.id_score, 'values': {c: r.values.get(c) for c in columns},
-                  'std': {c: r.std.get(c) for c in columns},
+                  'std': {c: r.std.get(c) for c in columns}, 'stale': r.stale,
                   'best': [c for c in columns if r.run in best[c]]} for r in rows],
         'best': best,
     }
@@ -363,6 +379,9 @@ def markdown(table: Dict[str, Any], digits: int = 4) -> str:
                   "`aurc` and `misclassification_auroc` rank by each run's own score (`u` where the model has one, "
                   "else `entropy`); `selective/SCORE/METRIC` ranks every run by the same SCORE; "
                   "`ood/SET/SCORE/METRIC`: OOD detection, OOD as the positive class."]
+    if any(row['stale'] for row in table['rows']):
+        lines += ['', "STALE: the run trained on after it was evaluated, so its numbers are of an earlier epoch; "
+                      "evaluate it again."]
     if any(len(row['runs']) > 1 for row in table['rows']):
         lines += ['', "Rows of several seeds: mean ± sample standard deviation over the seeds; "
                       "the best mean is in bold."]
@@ -436,6 +455,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif curves:
             print(f"note: {p.comparison_figure} not drawn: the runs' {p.name} blocks used different numbers of images")
     print(text)
+    for r in rows:
+        if r.stale:
+            print(f"warning: {r.label}: its evaluation is not of the run's last checkpoint; evaluate it again "
+                  f"(python -m experiments.evaluate RUN)", file=sys.stderr)
     print(f"written: {', '.join(map(str, written))}")
     return 0
 

@@ -21,6 +21,12 @@ folder. The run's saved configuration is rebuilt and its last checkpoint loaded
 
 Every input is checked before anything is written; a mistake is one line on stderr and exit code 2.
 
+A run that is still training is refused (its checkpoint is about to change, and the training process rewrites
+labml's log); `--allow-running` evaluates its latest checkpoint anyway, records that epoch in `evaluation.json`,
+and appends nothing to the log. `experiments.compare` marks an evaluation whose epoch is not the run's last.
+A perturbation given `--X-samples 0` is not run; where the run's earlier evaluation of the same checkpoint has
+its results, they are kept (with their figure), and a note says so.
+
 ## Model selection without the test set
 
 `--split validation` evaluates the run's *held-out* split instead (runs trained with `holdout > 0`),
@@ -57,6 +63,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="folder holding MNIST/raw, FashionMNIST/raw (default: the run's data_dir)")
     parser.add_argument('--device', default=None, help="auto, cpu, cuda or cuda:N (default: the run's device)")
     perturbations.add_sample_options(parser)
+    parser.add_argument('--allow-running', action='store_true',
+                        help="evaluate a run that is still training (its latest checkpoint; nothing is appended to "
+                             "labml's log); without it such a run is refused")
     parser.add_argument('--split', choices=list(SPLIT_FILES), default='test',
                         help='test (default), or validation: the run\'s held-out split with the OOD dataset\'s '
                              'training split, for model selection; no figures; writes '
@@ -79,7 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from experiments.evaluation.output import EvaluateWriteError, format_table
     try:
         run_dir, results = evaluate(args.run, ood_files=args.ood_file, data_dir=args.data_dir, device=args.device,
-                                       samples=args.samples, split=args.split, started=started)
+                                       samples=args.samples, split=args.split, started=started,
+                                       allow_running=args.allow_running)
     except DataError as e:
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if 'files not found' in str(e) else '')

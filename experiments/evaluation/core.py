@@ -1,4 +1,6 @@
 """`evaluate()`: one run's evaluation, end to end (see `experiments/evaluate.py` for what it writes)."""
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,12 +14,15 @@ from experiments.evaluation.inputs import default_ood, load_ood_files
 
 def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = None, device: Optional[str] = None,
              samples: Optional[Dict[str, Optional[int]]] = None, split: str = 'test', started: Optional[float] = None,
-             log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
+             allow_running: bool = False, log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
     """
     Evaluates `run` (a uuid or run folder) and writes the results into its folder; returns the folder and the
     data of `evaluation.json` (or `evaluation_validation.json` with `split='validation'`). Progress and notes go to `log`.
     `samples`: `{perturbation name: test images}` (`experiments.evaluation.perturbations`; missing or `None`:
-    the perturbation's default, 0: skipped).
+    the perturbation's default, 0: not run, and an earlier evaluation's block of the same checkpoint is kept).
+
+    A run whose training process is alive is refused (its checkpoint will change, and the training process
+    rewrites labml's log): `allow_running` evaluates its latest checkpoint anyway, and leaves labml's log alone.
 
     Every input is checked before anything is written: raises `EvaluateError`, `CheckpointError`,
     `DataError`, `UsageError` or `ValueError` (e.g. no CUDA for `device='cuda'`).
@@ -36,6 +41,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
     import torch
     from labml.internal.monitor import monitor_singleton
+    from configs.checkpoint import training_pid
     from configs.runner import load_trained
     from experiments.evaluation.output import flat_scalars, log_to_labml, save_json, save_npz
     from experiments.evaluation.plots import write_figures
@@ -45,6 +51,13 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     monitor_singleton().silent(True)
     try:
         family, conf, run_dir, state = load_trained(run, data_dir=data_dir, device=device)
+        # the process that trained it: alive unless it has ended (this process, when a caller trained it here)
+        pid = training_pid(run_dir)
+        running = pid is not None and pid != os.getpid()
+        if running and not allow_running:
+            raise EvaluateError(f"run {run_dir.name} is still training (process {pid}; epoch {state['epoch']} of "
+                                f"{conf.epochs} saved): evaluate it when it has finished, or pass --allow-running to "
+                                f"evaluate the latest checkpoint now")
         selecting = split == 'validation'
         if selecting and conf.dataset.valid_source != 'holdout':
             raise EvaluateError(f"run {run_dir.name} has no held-out split (it was trained with holdout=0 and "
@@ -62,6 +75,9 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         log(f"run {run_dir.name} ({kind}), epoch {state['epoch']}, status {state['status']}, "
             f"device {conf.dataset.test.images.device}, evaluating the {split} set"
             + (f" (OOD: {', '.join(builtin)} {ood_split})" if builtin else ''))
+        if running:
+            notes.append(f"evaluated while training (process {pid}): epoch {state['epoch']} of {conf.epochs}; the "
+                         f"results are not appended to labml's log, which the training process rewrites")
         for note in notes:
             log(f"note: {note}")
 
@@ -81,8 +97,9 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
 
         # ---- metrics, from exactly the arrays saved in predictions.npz
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
-        blocks, perturbation_notes = ({}, []) if selecting else perturbations.run_all(perturbations.Context(
-            conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples))
+        earlier = _earlier_blocks(run_dir / results_file, state['epoch']) if not selecting else {}
+        blocks, perturbation_notes, kept = ({}, [], []) if selecting else perturbations.run_all(perturbations.Context(
+            conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples), earlier)
         for note in perturbation_notes:
             log(f"note: {note}")
 
@@ -98,7 +115,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         try:
             save_npz(run_dir / predictions_file, npz)
             written, figure_notes = ({}, []) if selecting else write_figures(
-                run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence)
+                run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence, kept)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
         for note in figure_notes:
@@ -130,7 +147,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             del block[key]
     scalars = flat_scalars(results)
     step = int(state.get('samples_seen', 0))
-    if not selecting:  # the eval.* indicators of the labml log are the test-set results
+    if not selecting and not running:  # the eval.* indicators of the labml log are the test-set results
         try:
             log_to_labml(run_dir, scalars, step)
             results['labml_log'] = {'file': 'log.jsonl', 'global_step': step, 'indicators': sorted(scalars)}
@@ -143,6 +160,18 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     except OSError as e:
         raise _write_failed(run_dir, e, writing_since, predictions_file) from None
     return run_dir, results
+
+
+def _earlier_blocks(path: Path, epoch: int) -> Dict[str, Any]:
+    """The perturbation blocks of the run's earlier evaluation file, where it evaluated the same epoch (else
+    none: those of another checkpoint are never kept)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict) or earlier.get('epoch') != epoch:
+        return {}
+    return {name: earlier[name] for name in perturbations.PERTURBATIONS if isinstance(earlier.get(name), dict)}
 
 
 def _write_failed(run_dir: Path, error: OSError, since: float, predictions_file: str):

@@ -1,7 +1,7 @@
 """The PNG figures of an evaluation, from the saved arrays and the perturbations' blocks (`experiments.figures`
 draws; each perturbation draws its own)."""
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def figure_files() -> Dict[str, str]:
 
 def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], labels: np.ndarray,
                   ood_arrays: Dict[str, Dict[str, np.ndarray]], blocks: Dict[str, Any],
-                  test_evidence: Optional[torch.Tensor]) -> Tuple[Dict[str, str], List[str]]:
-    """The PNG figures; returns `{figure: file name}` and notes on those skipped. A figure of an earlier
+                  test_evidence: Optional[torch.Tensor], kept: Sequence[str] = ()) -> Tuple[Dict[str, str], List[str]]:
+    """The PNG figures; returns `{figure: file name}` and notes on those skipped. The figures of the `kept`
+    perturbations (blocks kept from an earlier evaluation) stay as they are; any other figure of an earlier
     evaluation that this one did not draw is removed."""
     from evidential.data import dataset_spec
     spec = dataset_spec(conf.dataset.name)
@@ -55,7 +56,10 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
     else:
         notes.append('entropy CDF skipped: no out-of-distribution set')
     for perturbation in perturbations.all_perturbations():
-        if perturbation.figure and perturbation.name in blocks:
+        if perturbation.figure and perturbation.name in kept:
+            if (run_dir / perturbation.figure[1]).exists():
+                written[perturbation.figure[0]] = perturbation.figure[1]
+        elif perturbation.figure and perturbation.name in blocks:
             perturbation.draw(blocks[perturbation.name], path(perturbation.figure[0]), dataset=conf.dataset.name,
                               num_classes=k)
     if test_evidence is not None and 'u' in id_arrays:

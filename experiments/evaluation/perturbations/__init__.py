@@ -45,19 +45,29 @@ def all_perturbations() -> List[Perturbation]:
     return [get(name) for name in PERTURBATIONS]
 
 
-def run_all(ctx: Context) -> Tuple[Dict[str, Any], List[str]]:
-    """`{name: block}` of every perturbation that applies to `ctx`'s family, in registry order, and notes on
-    those skipped."""
-    blocks, notes = {}, []
+def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], List[str], List[str]]:
+    """
+    `{name: block}` of every perturbation that applies to `ctx`'s family, in registry order, notes on those
+    skipped, and the names of those kept: a perturbation asked for 0 samples is not run, and its block in
+    `earlier` (an earlier evaluation of the same checkpoint) is kept, with a note saying so.
+    """
+    blocks, notes, kept = {}, [], []
     for perturbation in all_perturbations():
         why = perturbation.skip_reason(ctx.capabilities)
         if why is not None:
             notes.append(why)
             continue
+        if perturbation.samples and ctx.samples and ctx.samples.get(perturbation.name) == 0 \
+                and perturbation.name in (earlier or {}):
+            blocks[perturbation.name] = earlier[perturbation.name]
+            kept.append(perturbation.name)
+            notes.append(f"{perturbation.name}: not run (--{perturbation.samples.flag} 0); its results are kept "
+                         f"from the earlier evaluation of this checkpoint")
+            continue
         block = perturbation.run(ctx)
         if block is not None:
             blocks[perturbation.name] = block
-    return blocks, notes
+    return blocks, notes, kept
 
 
 # ## The sample options, for `experiments.evaluate` and `experiments.sweep`

@@ -1,0 +1,81 @@
+"""
+An evaluation is never silently stale or silently lost:
+
+* a run whose training process is alive is refused (one line, exit 2, nothing written) unless `--allow-running`,
+  which evaluates the latest checkpoint, records its epoch and leaves labml's log to the training process;
+* `compare` marks an evaluation whose epoch is not the run's checkpoint's (the run trained on after it);
+* a perturbation re-run with `--X-samples 0` keeps the earlier results of the same checkpoint, figure included.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from configs.checkpoint import load_checkpoint
+from experiments import compare, evaluate
+from experiments.train import main as train
+
+QUICK = ['--fgsm-samples', '32', '--missing-samples', '32']
+
+
+@pytest.fixture
+def run(workdir, synthetic_data_dir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
+    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
+    return run
+
+
+def test_a_live_run_is_refused_unless_allowed_and_compare_marks_it_stale(run, workdir, synthetic_data_dir, capsys):
+    trainer = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])  # a live training process
+    try:
+        (run / 'run.pid').write_text(str(trainer.pid))
+        log_before = (run / 'log.jsonl').read_bytes()
+        assert evaluate.main([str(run), *QUICK]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'still training' in err[0] and '--allow-running' in err[0] and str(trainer.pid) in err[0]
+        assert not (run / 'evaluation.json').exists() and not list(run.glob('eval_*.png'))
+
+        assert evaluate.main([str(run), *QUICK, '--allow-running']) == 0
+        out = capsys.readouterr().out
+        result = json.loads((run / 'evaluation.json').read_text())
+        assert result['epoch'] == 1 and 'labml_log' not in result
+        assert any('evaluated while training' in n for n in result['notes'])
+        assert (run / 'log.jsonl').read_bytes() == log_before  # the training process owns its log
+        assert 'appended to log.jsonl' not in out
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+    # the run trains on (resumed to epoch 2): the evaluation of epoch 1 is stale
+    assert train('evidence_mnist', [f'resume={run.name}', 'epochs=2', f'data_dir={synthetic_data_dir}']) == 0
+    assert load_checkpoint(run)['epoch'] == 2
+    capsys.readouterr()
+    assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 0
+    captured = capsys.readouterr()
+    (row,) = json.loads((workdir / 'cmp' / 'comparison.json').read_text())['rows']
+    assert row['stale'] == 'evaluated at epoch 1, checkpoint at epoch 2' and '[STALE' in row['label']
+    assert 'STALE' in (workdir / 'cmp' / 'comparison.md').read_text() and 'warning:' in captured.err
+    # evaluated again: fresh
+    assert evaluate.main([str(run), *QUICK]) == 0
+    assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 0
+    (row,) = json.loads((workdir / 'cmp' / 'comparison.json').read_text())['rows']
+    assert row['stale'] is None and 'STALE' not in row['label']
+
+
+def test_a_partial_re_evaluation_keeps_what_it_did_not_recompute(run, capsys):
+    assert evaluate.main([str(run), *QUICK]) == 0
+    first = json.loads((run / 'evaluation.json').read_text())
+    figure = (run / 'eval_fgsm.png').read_bytes()
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '32']) == 0
+    second = json.loads((run / 'evaluation.json').read_text())
+    assert second['fgsm'] == first['fgsm'] and (run / 'eval_fgsm.png').read_bytes() == figure
+    assert second['figures']['fgsm'] == 'eval_fgsm.png'
+    assert any(n.startswith('fgsm: not run (--fgsm-samples 0)') for n in second['notes'])
+    assert second['missing_pixels'] == first['missing_pixels']  # recomputed, the same numbers
+    # results of another checkpoint are never kept
+    (run / 'evaluation.json').write_text(json.dumps({**second, 'epoch': 7}))
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '32']) == 0
+    third = json.loads((run / 'evaluation.json').read_text())
+    assert 'fgsm' not in third and 'fgsm' not in third['figures'] and not (run / 'eval_fgsm.png').exists()
