@@ -1,8 +1,17 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# A home folder of the suite's own, for this process and every process it starts: labml keeps a list of
+# projects in ~/.labml (and the dashboard its data), which the tests must not leave behind in the user's
+USER_HOME = Path.home()
+_HOME = tempfile.mkdtemp(prefix='evidential-tests-home-')
+os.environ['HOME'] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 import pytest
 
