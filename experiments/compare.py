@@ -4,26 +4,26 @@
     python -m experiments.compare RUN [RUN ...] [--out DIR] [--split validation] [--over-seeds] [--columns KEYS]
 
 Reads each run's `evaluation.json` (written by `python -m experiments.evaluate RUN`) and builds one
-table: a row per run (experiment name, short uuid and its key settings), a column per metric of the
-evaluation present in any run — the in-distribution metrics, then selective prediction per uncertainty
-score (`selective/SCORE/aurc`, `.../misclassification_auroc`), then OOD detection
-(`ood/SET/SCORE/auroc`, `aupr`, `fpr95`).
-The best value of each column is marked (bold): the highest accuracy, AUROC, AUPR and
-misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a run does not have
-(e.g. `u` for a softmax model, `mutual_information` for an evidential one) is shown as "–".
+table: a row per run (experiment name, short uuid and its key settings), a column per metric. By default the
+headline columns: the in-distribution metrics, the perturbations' columns (`experiments.evaluation.perturbations`:
+accuracy at 20 % and 50 % missing pixels, `missing/0.2/accuracy`), and per OOD set the AUROC by each compared
+family's primary score and by entropy. `--columns all` shows every metric of the runs — also selective
+prediction per uncertainty score (`selective/SCORE/aurc`, `.../misclassification_auroc`) and every OOD score
+(`ood/SET/SCORE/auroc`, `aupr`, `fpr95`); `--columns KEY,KEY,...` keeps those, in that order (a key no run has
+is an error, exit code 2, listing the keys there are).
+The best value of each column is marked (bold) where at least two runs have one: the highest accuracy, AUROC,
+AUPR and misclassification AUROC, the lowest NLL, Brier, ECE, AURC and FPR95. A metric a run does not have
+(e.g. `u` for a softmax model, `mutual_information` for an evidential one) is shown as "–". An evaluation of an
+earlier epoch than the run's checkpoint (the run trained on after it was evaluated) is marked STALE.
 
-The table is printed and written as `comparison.md` and `comparison.json` into `--out` (default:
-the current directory), with each perturbation's comparison figure (`experiments.evaluation.perturbations`):
-`comparison_missing_pixels.png` draws every run's missing-pixel sweep in one figure. Perturbations add their
-columns after the in-distribution metrics (accuracy at 20 % and 50 % missing pixels: `missing/0.2/accuracy`). `RUN` is a run uuid (under the nearest `.labml.yaml`'s experiments path) or
-a run folder. A run that has not been evaluated is an error (exit code 2).
+The table is printed and written as `comparison.md` and `comparison.json`, with each perturbation's comparison
+figure (`comparison_missing_pixels.png`: every run's missing-pixel sweep), into `--out` (default:
+`<experiments path>/compare/<families>-<hash of the runs>`). `RUN` is a run uuid (under the nearest
+`.labml.yaml`'s experiments path) or a run folder. A run that has not been evaluated is an error (exit code 2).
 
 `--split validation` compares the held-out evaluations instead (`evaluation_validation.json`, written by
 `python -m experiments.evaluate RUN --split validation`): the table for choosing settings without the
 test set.
-
-`--columns KEY,KEY,...` keeps only those columns, in that order (a key no run has is an error, exit code 2,
-listing the keys there are).
 
 `--over-seeds` puts runs whose settings differ only in `seed` into one row: each cell is the mean over
 those runs ± their standard deviation (sample, n − 1), and the best *mean* is marked. One run of 1,000
@@ -35,6 +35,7 @@ those, every setting that differs between the compared runs of one experiment (e
 from the run's `configs.yaml` (every configuration's value, as labml computed it).
 """
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -50,6 +51,8 @@ from experiments.evaluation import SPLIT_FILES, perturbations
 
 #: `--split` → the evaluation file it reads (as `experiments.evaluate --split` writes them)
 EVALUATION_FILES = {split: files[0] for split, files in SPLIT_FILES.items()}
+#: Where the tables go by default, under the experiments path (`logs/compare/...`)
+COMPARE_FOLDER = 'compare'
 MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
 #: OOD scores in table order (others follow alphabetically)
@@ -310,10 +313,27 @@ def is_column_name(key: str) -> bool:
     return False
 
 
+def headline_columns(rows: List[Row]) -> List[str]:
+    """
+    The columns of the default table: the in-distribution metrics, the perturbations' columns, and per OOD set
+    the AUROC of each compared family's primary score (`u` for the evidential family) and of the entropy (every
+    family's), then any extra column (a sweep's `train_s`). The rest: `--columns all`.
+    """
+    every = columns_of(rows)
+    scores = list(dict.fromkeys([r.id_score for r in rows if r.id_score] + ['entropy']))
+    sets = list(dict.fromkeys(c.split('/')[1] for c in every if c.startswith('ood/')))
+    ood = [f'ood/{s}/{score}/auroc' for s in sets for score in scores if f'ood/{s}/{score}/auroc' in every]
+    in_distribution = [c for c in every if c in ID_METRICS]
+    perturbation = [c for c in every if '/' in c and c.split('/')[0] not in ('selective', 'ood')]
+    other = [c for c in every if '/' not in c and c not in ID_METRICS]
+    return in_distribution + perturbation + ood + other
+
+
 def choose_columns(rows: List[Row], wanted: Optional[List[str]]) -> List[str]:
-    """`wanted` in its order (`None`: every column); raises `CompareError` naming a column no row has."""
+    """`wanted` in its order (`None` or `['all']`: every column); raises `CompareError` naming a column no row
+    has."""
     available = columns_of(rows)
-    if wanted is None:
+    if wanted is None or wanted == ['all']:
         return available
     unknown = [c for c in wanted if c not in available]
     if unknown:
@@ -328,12 +348,13 @@ def direction(column: str) -> Optional[str]:
 
 
 def best_runs(rows: List[Row], columns: List[str]) -> Dict[str, List[str]]:
-    """Per column, the runs holding the best value (all of them on a tie); empty where no run has a value."""
+    """Per column, the runs holding the best value (all of them on a tie); empty where fewer than two runs have a
+    value (nothing to compare)."""
     best = {}
     for column in columns:
         how = direction(column)
         present = [(r.values[column], r.run) for r in rows if r.values.get(column) is not None]
-        if how is None or not present:
+        if how is None or len(present) < 2:
             best[column] = []
             continue
         target = max(v for v, _ in present) if how == 'max' else min(v for v, _ in present)
@@ -388,21 +409,34 @@ def markdown(table: Dict[str, Any], digits: int = 4) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def default_out(rows: List[Row], experiments_path: Path, args: argparse.Namespace) -> Path:
+    """`<experiments path>/compare/<families>-<hash>`: the same runs (and split, seed averaging) give the same
+    folder."""
+    families = sorted({r.experiment for r in rows})
+    stem = '+'.join(families) if len(families) <= 2 else f'{len(families)}families'
+    key = json.dumps([sorted(str(r.path) for r in rows), args.split, args.over_seeds])
+    return experiments_path / COMPARE_FOLDER / f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m experiments.compare',
                                      description='One table of evaluated runs, best value per metric marked.')
     parser.add_argument('runs', nargs='+', metavar='RUN', help='run uuid or run folder (evaluated first with '
                                                               'python -m experiments.evaluate RUN)')
-    parser.add_argument('--out', default='.', metavar='DIR',
-                        help='folder for comparison.md and comparison.json (default: the current directory)')
+    parser.add_argument('--out', default=None, metavar='DIR',
+                        help='folder for comparison.md, comparison.json and the figures (default: '
+                             '<experiments path>/compare/<the families>-<hash of the runs>, e.g. '
+                             'logs/compare/evidence_mnist+softmax_mnist-1a2b3c)')
     parser.add_argument('--split', choices=list(EVALUATION_FILES), default='test',
                         help='test (default) or validation: compare the held-out evaluations '
                              '(python -m experiments.evaluate RUN --split validation)')
     parser.add_argument('--over-seeds', action='store_true',
                         help='one row per setting: runs that differ only in seed are averaged (mean ± std)')
     parser.add_argument('--columns', metavar='KEY,KEY,...',
-                        help='only these columns, in this order (e.g. accuracy,nll,ood/fashion_mnist/entropy/auroc; '
-                             'default: every metric of the runs)')
+                        help='only these columns, in this order (e.g. accuracy,nll,ood/fashion_mnist/entropy/auroc), '
+                             'or all (every metric of the runs); default: the headline columns (in-distribution '
+                             'metrics, the perturbations\' columns, OOD AUROC by each family\'s primary score '
+                             'and by entropy)')
     args = parser.parse_args(argv)
     args.columns = [c.strip() for c in args.columns.split(',') if c.strip()] if args.columns else None
     return args
@@ -425,15 +459,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     label_rows(rows)
+    out = Path(args.out).expanduser() if args.out else default_out(rows, experiments_path, args)
     if args.over_seeds:
         rows = over_seeds(rows)
     try:
-        table = build(rows, args.columns)
+        table = build(rows, args.columns if args.columns else headline_columns(rows))
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = markdown(table)
-    out = Path(args.out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / MARKDOWN_FILE, lambda f: f.write(text.encode()))

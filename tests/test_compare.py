@@ -54,7 +54,7 @@ def test_compare_marks_the_best_run_per_column(evaluated, tmp_path, monkeypatch,
     project, runs = evaluated
     monkeypatch.chdir(project)
     out = tmp_path / 'out'
-    assert main([r.name for r in runs.values()] + ['--out', str(out)]) == 0
+    assert main([r.name for r in runs.values()] + ['--out', str(out), '--columns', 'all']) == 0
     printed = capsys.readouterr().out
     table = json.loads((out / 'comparison.json').read_text())
     md = (out / 'comparison.md').read_text()
@@ -79,7 +79,8 @@ def test_compare_marks_the_best_run_per_column(evaluated, tmp_path, monkeypatch,
         present = {run: v for run, v in values.items() if v is not None}
         pick = BETTER[column.rsplit('/', 1)[-1]]
         best = pick(present.values())
-        expected = sorted(run for run, v in present.items() if v == best)
+        # bold only where at least two runs have a value (one run alone is compared with nothing)
+        expected = sorted(run for run, v in present.items() if v == best) if len(present) >= 2 else []
         assert sorted(table['best'][column]) == expected, column
         for run, v in values.items():
             row = next(r for r in table['rows'] if r['run'] == run)
@@ -100,11 +101,13 @@ def test_ties_are_all_marked_and_an_unevaluated_run_is_an_error(evaluated, tmp_p
     # a copy of the softmax run (same evaluation) ties with it on every column
     twin = tmp_path / 'twin' / 'softmax_mnist' / 'a0a0a0a0a0a0'
     shutil.copytree(runs['softmax_mnist'], twin)
-    assert main([str(runs['softmax_mnist']), str(twin), str(runs['ensemble_mnist'])]) == 0
+    assert main([str(runs['softmax_mnist']), str(twin), str(runs['ensemble_mnist']), '--columns', 'all',
+                 '--out', str(tmp_path)]) == 0
     table = json.loads((tmp_path / 'comparison.json').read_text())
     for column, best in table['best'].items():
         assert (runs['softmax_mnist'].name in best) == (twin.name in best), column
-    assert table['best']['ood/fashion_mnist/mutual_information/auroc'] == [runs['ensemble_mnist'].name]
+    # only the ensemble has a mutual information: nothing to compare it with, so nothing is bold
+    assert table['best']['ood/fashion_mnist/mutual_information/auroc'] == []
 
     (twin / 'evaluation.json').unlink()
     capsys.readouterr()
@@ -140,7 +143,23 @@ def test_compare_as_a_process(evaluated):
                 timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert '| run | accuracy ↑ |' in r.stdout and 'comparison.md' in r.stdout
-    assert (project / 'comparison.md').exists() and (project / 'comparison.json').exists()
+    # by default into the project's logs/compare/<families>-<hash>/, with the headline columns
+    (out,) = (project / 'logs' / 'compare').iterdir()
+    assert out.name.startswith('mc_dropout_mnist+softmax_mnist-') and str(out / 'comparison.md') in r.stdout
+    columns = [c['key'] for c in json.loads((out / 'comparison.json').read_text())['columns']]
+    assert columns[:len(ID_METRICS)] == list(ID_METRICS) and 'ood/fashion_mnist/entropy/auroc' in columns
+    assert not any(c.startswith('selective/') or c.endswith(('/aupr', '/fpr95')) for c in columns)
+    # the same runs again: the same folder
+    r = run_cli('experiments.compare', runs['mc_dropout_mnist'].name, runs['softmax_mnist'].name, cwd=project,
+                timeout=120)
+    assert r.returncode == 0 and [p.name for p in (project / 'logs' / 'compare').iterdir()] == [out.name]
+
+
+def test_one_run_is_bold_nowhere(evaluated, tmp_path):
+    _, runs = evaluated
+    assert main([str(runs['softmax_mnist']), '--out', str(tmp_path)]) == 0
+    table = json.loads((tmp_path / 'comparison.json').read_text())
+    assert table['rows'][0]['best'] == [] and '**' not in (tmp_path / 'comparison.md').read_text()
 
 
 def test_unknown_run_is_an_error(evaluated, monkeypatch, capsys):
