@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from experiments.sweep import processes
+import experiments.sweep.processes as processes
 from experiments.sweep.errors import SweepError
 from experiments.sweep.processes import die_with_parent, exit_status
 
