@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -68,6 +68,13 @@ def _raw_files(spec: DatasetSpec, root: Path, train: bool) -> Tuple[Path, Path]:
     prefix = 'train' if train else 't10k'
     raw = root / spec.folder / 'raw'
     return raw / f'{prefix}-images-idx3-ubyte', raw / f'{prefix}-labels-idx1-ubyte'
+
+
+def raw_files(spec: DatasetSpec, root: Path) -> List[Tuple[Path, int]]:
+    """The four IDX files of a dataset under the data root `root`, each with its magic number: the training
+    images and labels, then the test images and labels."""
+    return [(path, magic) for train in (True, False)
+            for path, magic in zip(_raw_files(spec, root, train), (IMAGE_MAGIC, LABEL_MAGIC))]
 
 
 def check_idx_file(path: Path, magic: int) -> int:

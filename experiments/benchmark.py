@@ -22,14 +22,14 @@ points between seeds, more than the two contenders differ).
 `--family` chooses the comparison (default `evidence`, the one above, unchanged):
 
 * `--family packed`: this app's packed LeNet-5 (`python -m experiments.packed_mnist preset=torch_uncertainty`)
-  against TorchUncertainty's own tutorial code (`experiments.reference_torch_uncertainty`: `MNISTDataModule`,
+  against TorchUncertainty's own tutorial code (`experiments.references.torch_uncertainty`: `MNISTDataModule`,
   `packed_lenet`, `ClassificationRoutine`, `TUTrainer`), batch 512 and 3 epochs by default. The reference needs
   lightning and TorchUncertainty, which conflict with this project's pins, so it runs under another interpreter:
   `--reference-python PATH` (default `$TU_PYTHON`, else `/work/venvs/tu/bin/python` where it exists). Last line
   `speedup_vs_torch_uncertainty: X.XX`.
 * `--family bayes`: this app's Bayesian LeNet (`bayes_mnist` defaults, trained on the whole training set
   without augmentation: `holdout=0 augment_shift=0 augment_rotate=0`) against the same model written in Pyro
-  (`experiments.reference_pyro`: `PyroSample` priors, `AutoNormal`, `SVI` + `Trace_ELBO`), batch 64 and 1
+  (`experiments.references.pyro`: `PyroSample` priors, `AutoNormal`, `SVI` + `Trace_ELBO`), batch 64 and 1
   epoch by default. Epoch time here is the training epoch alone (the app validates with the posterior mean,
   `mc_samples=0`, so that the test set is not scored 30 times per epoch); both are then scored on the test set
   (the first `--test-images` of it) with the posterior predictive of `--mc-samples` (30) sampled networks,
@@ -252,15 +252,15 @@ def _main(argv=None) -> int:
               '--device', device]
     ours_cmd = [sys.executable, '-m', 'experiments.benchmark', '--child', 'ours', *common]
     if args.family == 'evidence':
-        contenders = {'labml_nn': [sys.executable, '-m', 'experiments.reference_labml_nn', *common, '--quiet'],
+        contenders = {'labml_nn': [sys.executable, '-m', 'experiments.references.labml_nn', *common, '--quiet'],
                       'ours': ours_cmd}
     elif args.family == 'packed':
-        contenders = {'torch_uncertainty': [reference, '-m', 'experiments.reference_torch_uncertainty', *common,
+        contenders = {'torch_uncertainty': [reference, '-m', 'experiments.references.torch_uncertainty', *common,
                                             '--quiet'],
                       'ours': [*ours_cmd, '--family', 'packed']}
     else:
         sampling = ['--mc-samples', str(args.mc_samples), '--test-images', str(args.test_images)]
-        contenders = {'pyro': [sys.executable, '-m', 'experiments.reference_pyro', *common, *sampling],
+        contenders = {'pyro': [sys.executable, '-m', 'experiments.references.pyro', *common, *sampling],
                       'ours': [*ours_cmd, '--family', 'bayes', *sampling]}
     runs = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as tmp:

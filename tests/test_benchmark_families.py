@@ -2,7 +2,7 @@
 both contenders run, on the same files, and every printed number is the JSON's.
 
 The packed one needs the TorchUncertainty reference interpreter (lightning + TorchUncertainty conflict with this
-project's pins; see `experiments/reference_torch_uncertainty.py`) and skips, saying so, where there is none."""
+project's pins; see `experiments/references/torch_uncertainty.py`) and skips, saying so, where there is none."""
 import json
 import os
 import re

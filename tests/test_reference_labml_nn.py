@@ -56,7 +56,7 @@ def test_reference_runs_on_synthetic_mnist(tmp_path):
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', '1')
     proc = subprocess.run(
-        [sys.executable, '-m', 'experiments.reference_labml_nn',
+        [sys.executable, '-m', 'experiments.references.labml_nn',
          '--data-dir', str(data_dir), '--epochs', '1', '--batch-size', '64',
          '--device', 'cpu', '--seed', '0', '--quiet'],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -91,7 +91,7 @@ def test_missing_files_fail_without_download(tmp_path):
     """Empty data dir: refuse up front instead of letting torchvision download."""
     proc = subprocess.run(
         [sys.executable, '-c',
-         'import sys; from experiments.reference_labml_nn import run_labml_nn_reference as r; '
+         'import sys; from experiments.references.labml_nn import run_labml_nn_reference as r; '
          'r(sys.argv[1], 1, 64, "cpu", 0)', str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0

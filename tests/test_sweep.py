@@ -18,7 +18,10 @@ from types import SimpleNamespace
 import pytest
 
 from experiments import sweep as sweep_module
-from experiments.sweep import SweepError, file_axes, load_sweep_file, parse_axes, plan, split_values
+from experiments.sweep.errors import SweepError
+from experiments.sweep.grid import file_axes, load_sweep_file, parse_axes, split_values
+from experiments.sweep.plan import plan
+from experiments.sweep.table import TRAIN_COLUMN
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
@@ -61,14 +64,14 @@ def _rows(table: dict) -> list:
     for r in table['rows']:
         row = {k: v for k, v in r.items() if k not in ('run', 'runs', 'path')}
         for per_column in ('values', 'std'):
-            row[per_column] = {c: v for c, v in r[per_column].items() if c != sweep_module.TRAIN_COLUMN}
-        row['best'] = [c for c in r['best'] if c != sweep_module.TRAIN_COLUMN]
+            row[per_column] = {c: v for c, v in r[per_column].items() if c != TRAIN_COLUMN}
+        row['best'] = [c for c in r['best'] if c != TRAIN_COLUMN]
         rows.append(row)
     return rows
 
 
 def _metric_columns(table: dict) -> list:
-    return [c for c in table['columns'] if c['key'] != sweep_module.TRAIN_COLUMN]
+    return [c for c in table['columns'] if c['key'] != TRAIN_COLUMN]
 
 
 # ------------------------------------------------------------------------------------------------ grids

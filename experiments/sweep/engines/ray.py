@@ -18,7 +18,8 @@ and a run by hand compute. Ray listens on every interface: `RAY_AUTH_MODE=disabl
 and on a shared machine it should run in a network namespace with only loopback
 (`unshare -n sh -c 'ip link set lo up; python -m experiments.sweep ... --engine ray'`).
 
-This module imports only the standard library at the top: Ray ships its task function by value.
+This module imports only the standard library and the sweep's standard-library modules at the top: Ray ships
+its task function by value, with `experiments.sweep.processes`, so a worker imports nothing of the sweep.
 """
 import contextlib
 import logging
@@ -29,6 +30,10 @@ import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
+
+import experiments.sweep.processes as processes
+from experiments.sweep.errors import SweepError
+from experiments.sweep.processes import die_with_parent, exit_status
 
 #: Thread settings passed from the sweep's shell to every run (removed where the shell has none)
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
@@ -41,14 +46,6 @@ def default_jobs(args, n_runs: int) -> int:
     if args.address or args.cpus_per_run <= 0:
         return max(1, n_runs)
     return max(1, int((os.cpu_count() or 1) // args.cpus_per_run))
-
-
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    try:
-        import ctypes
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def run_command(command: List[str], cwd: str, env_updates: Dict[str, Optional[str]], log_path: str) -> Dict[str, Any]:
@@ -65,7 +62,7 @@ def run_command(command: List[str], cwd: str, env_updates: Dict[str, Optional[st
                             'worker_pid': os.getpid()}
     with open(log_path, 'ab') as log:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:  # ray.cancel()
@@ -78,7 +75,7 @@ def run_command(command: List[str], cwd: str, env_updates: Dict[str, Optional[st
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 rc = proc.wait()
-    info['rc'] = 128 - rc if rc < 0 else rc
+    info['rc'] = exit_status(rc)
     return info
 
 
@@ -87,14 +84,14 @@ class RayEngine:
 
     def __init__(self, *, jobs: int, address: Optional[str], cpus_per_run: float, gpus_per_run: float,
                  sweep_env: Dict[str, str]):
-        from experiments.sweep import SweepError
         os.environ.setdefault('RAY_AUTH_MODE', 'disabled')
         try:
             import ray
         except ImportError:
             raise SweepError('--engine ray needs Ray: pip install "ray[tune]==2.60.0"') from None
         self.ray = ray
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        for module in (sys.modules[__name__], processes):
+            ray.cloudpickle.register_pickle_by_value(module)
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:

@@ -31,7 +31,7 @@ the (temporary) project path in ``~/.labml`` as it does for any experiment.
 
 CLI (the benchmark runs it in a child process so peak RSS is per contender)::
 
-    python -m experiments.reference_labml_nn --data-dir ../shared/data \
+    python -m experiments.references.labml_nn --data-dir ../shared/data \
         --epochs 1 --batch-size 64 --device cpu
 
 prints one JSON dict on stdout (labml's own console output goes to stderr, or nowhere
@@ -303,7 +303,7 @@ def run_labml_nn_reference(data_dir: str, epochs: int, batch_size: int, device: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--data-dir', default=str(Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'),
+    parser.add_argument('--data-dir', default=str(Path(__file__).resolve().parents[3] / 'shared' / 'data'),
                         help='folder holding MNIST/raw (default: ../shared/data)')
     parser.add_argument('--epochs', type=int, default=1)
     parser.add_argument('--batch-size', type=int, default=64)

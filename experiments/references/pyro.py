@@ -21,7 +21,7 @@ Bayesian network:
 * the posterior predictive: `pyro.infer.Predictive(model, guide=guide, num_samples=S, return_sites=['logits'])`,
   the mean softmax of S sampled networks, argmax for the accuracy (timed: `eval_images_per_s`).
 
-    python -m experiments.reference_pyro --data-dir ../shared/data --epochs 1 --batch-size 64 --seed 0
+    python -m experiments.references.pyro --data-dir ../shared/data --epochs 1 --batch-size 64 --seed 0
 
 prints one JSON dict on stdout (`epoch_s`: the training epoch, `train_samples_per_s`, `test_accuracy`,
 `eval_s_per_image`, ...).
@@ -165,7 +165,7 @@ def run_pyro_reference(data_dir: str, epochs: int, batch_size: int, seed: int, *
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    p.add_argument('--data-dir', default=str(Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'))
+    p.add_argument('--data-dir', default=str(Path(__file__).resolve().parents[3] / 'shared' / 'data'))
     p.add_argument('--epochs', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
