@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from experiments import sweep as sweep_module
@@ -176,6 +177,24 @@ def test_a_bad_value_anywhere_stops_before_anything_is_written(bad, message, wor
     assert not (workdir / 'logs').exists()
 
 
+@pytest.mark.parametrize('options, message', [
+    (['--ood-file', 'nope.npy'], 'nope.npy'),
+    (['--missing-samples', '-3'], '--missing-samples must be >= 0'),
+])
+def test_bad_evaluation_options_stop_before_anything_is_written(options, message, workdir, synthetic_data_dir,
+                                                                monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    try:
+        code = sweep_module.main(['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2',
+                                  '--split', 'test', *options])
+    except SystemExit as e:  # argparse's own checks exit from parse_args
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err and err.startswith('error: ')
+    assert not (workdir / 'logs').exists()
+
+
 def test_validation_split_needs_a_holdout(workdir, synthetic_data_dir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     assert sweep_module.main(['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2']) == 2
@@ -186,11 +205,13 @@ def test_validation_split_needs_a_holdout(workdir, synthetic_data_dir, monkeypat
 
 @pytest.fixture(scope='module')
 def local_sweep(tmp_path_factory, synthetic_data_dir):
-    """The 2 × 2 smoke sweep, two runs at a time, evaluated on the test set."""
+    """The 2 × 2 smoke sweep, two runs at a time, evaluated on the test set with an extra OOD file (given relative
+    to where the sweep is launched)."""
     project = _project(tmp_path_factory, 'sweep_local')
+    np.save(project / 'noise.npy', np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8))
     started = time.perf_counter()
     done = _sweep_in_process(project, 'evidence_mnist', *GRID, f'data_dir={synthetic_data_dir}', '--jobs', '2',
-                             *EVAL, '--name', 'grid')
+                             *EVAL, '--ood-file', 'noise.npy', '--name', 'grid')
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return project, done, time.perf_counter() - started
 
@@ -232,13 +253,16 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
     from experiments import evaluate, evidence_mnist
     assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
     (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
-    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64']) == 0
+    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64',
+                          '--ood-file', str(project / 'noise.npy')]) == 0
     mine = json.loads((by_hand / 'evaluation.json').read_text())
     (run,) = [r for r in _state(project, 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
     swept = json.loads((project / 'logs' / 'evidence_mnist' / run['uuid'] / 'evaluation.json').read_text())
     for block in ('id', 'selective', 'ood', 'missing_pixels'):
         assert swept[block] == mine[block], block
     assert swept['missing_pixels']['n_samples'] == 64  # --missing-samples reached the sweep's evaluations
+    assert set(swept['ood']) == {'fashion_mnist', 'noise'}  # and so did --ood-file
+    assert _state(project, 'grid')['options']['ood_files'] == [str(project / 'noise.npy')]
 
 
 def _wait_for(condition, process, timeout=120.0, what=''):

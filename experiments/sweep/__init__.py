@@ -3,14 +3,16 @@
 
     python -m experiments.sweep FAMILY key=v1,v2 key2=a,b seed=1,2,3 [--jobs N] [--split validation|test]
                                 [--name NAME] [--engine local|ray] [--address ADDR] [--cpus-per-run C]
-                                [--gpus-per-run G] [--storage DIR] [--fgsm-samples N] [--missing-samples N] [--dry-run]
+                                [--gpus-per-run G] [--storage DIR] [--X-samples N ...] [--ood-file PATH ...]
+                                [--dry-run]
     python -m experiments.sweep sweeps/compare_all.py [key=value ...] [options]
 
 Each combination is a normal run of its family (`python -m experiments.train FAMILY key=value ...`, one run
 per process: labml's state is global per process), in the usual run folders under the nearest `.labml.yaml`'s
 experiments path, with its checkpoints and labml tracking (`dashboard=` passes through like any key). Each
 finished run is evaluated (`python -m experiments.evaluate RUN --split validation`, the held-out split, unless
-`--split test`), and the sweep writes into `<experiments path>/sweeps/<name>/`:
+`--split test`; each perturbation's `--X-samples N` and every `--ood-file` given to the sweep are passed on), and
+the sweep writes into `<experiments path>/sweeps/<name>/`:
 
 * `sweep.json` — the grid, and per run its overrides, uuid, status (`pending`, `running`, `done`, `failed`,
   `interrupted`), the metrics of its evaluation file, the node it ran on, the tail of its output on failure;

@@ -4,29 +4,27 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
+from experiments.evaluation import perturbations
 from experiments.sweep.engines.local import LocalEngine
 from experiments.sweep.errors import EXIT_USAGE, SweepError
 from experiments.sweep.grid import load_sweep_file, parse_axes
 from experiments.sweep.loop import Sweep
 from experiments.sweep.plan import check_data, default_name, plan
 
-#: The options passed on to every `python -m experiments.evaluate` of the sweep (flag → help); the sweep's
-#: `options` in sweep.json record each as its argparse name (`fgsm_samples`)
-EVAL_FLAGS = {
-    '--fgsm-samples': 'passed to experiments.evaluate (test split only; 0 skips its FGSM sweep)',
-    '--missing-samples': 'passed to experiments.evaluate (test split only; 0 skips its missing-pixel sweep)',
-}
 
-
-def _dest(flag: str) -> str:
-    return flag.lstrip('-').replace('-', '_')
-
-
-def eval_settings(args: argparse.Namespace) -> Dict[str, Optional[Any]]:
-    """Each of `EVAL_FLAGS` → its value on the command line (`None`: not given, evaluate's default)."""
-    return {flag: getattr(args, _dest(flag)) for flag in EVAL_FLAGS}
+def ood_files(args: argparse.Namespace, cwd: Path) -> List[str]:
+    """Every `--ood-file`, checked as `experiments.evaluate` checks it, as an absolute path (the runs may execute
+    elsewhere); raises `SweepError` for an unusable one, before anything runs."""
+    from experiments.evaluation import EvaluateError
+    from experiments.evaluation.inputs import load_ood_files
+    paths = [str((cwd / Path(f).expanduser()).resolve()) for f in args.ood_file]
+    try:
+        load_ood_files(paths)
+    except EvaluateError as e:
+        raise SweepError(str(e)) from None
+    return paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,17 +50,20 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument('--storage', default=None, metavar='DIR',
                    help='project folder the runs and the sweep folder go to (its .labml.yaml is created if missing); '
                         'with a multi-machine Ray cluster it must be shared storage at the same path everywhere')
-    for flag, help_text in EVAL_FLAGS.items():
-        p.add_argument(flag, type=int, default=None, metavar='N', help=help_text)
+    perturbations.add_sample_options(p, passed_on=True)
+    p.add_argument('--ood-file', action='append', default=[], metavar='PATH',
+                   help='passed to experiments.evaluate: an extra OOD set (.npy of uint8 images, see its --help; '
+                        'repeatable)')
     p.add_argument('--dry-run', action='store_true', help='print the planned runs and what each needs; run nothing')
     args = p.parse_intermixed_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error('--jobs must be >= 1')
     if args.cpus_per_run < 0 or args.gpus_per_run < 0:
         p.error('--cpus-per-run and --gpus-per-run must be >= 0')
-    for flag, value in eval_settings(args).items():
-        if value is not None and value < 0:
-            p.error(f'{flag} must be >= 0')
+    try:
+        args.samples = perturbations.samples_of(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.engine != 'ray' and (args.address or args.gpus_per_run or args.cpus_per_run != 1.0):
         p.error('--address, --cpus-per-run and --gpus-per-run need --engine ray')
     return args
@@ -111,6 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             experiments_path = Path(lab.get_experiments_path())
         missing_data = check_data(runs)
+        ood_paths = ood_files(args, cwd)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -119,17 +121,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         jobs = jobs or default_jobs(args, len(runs))
     else:
         jobs = jobs or 1
-    settings = eval_settings(args)
     options = {'jobs': jobs, 'engine': args.engine, 'address': args.address, 'cpus_per_run': args.cpus_per_run,
                'gpus_per_run': args.gpus_per_run, 'storage': str(storage) if storage else None,
-               **{_dest(flag): value for flag, value in settings.items()}, 'cwd': str(storage or cwd)}
+               # as each option's argparse name (`fgsm_samples`): None = evaluate's default
+               **{p.samples.flag.replace('-', '_'): args.samples.get(p.name)
+                  for p in perturbations.all_perturbations() if p.samples},
+               'ood_files': ood_paths,
+               'cwd': str(storage or cwd)}
     command = list(argv) if args.name else [*argv, '--name', name]
 
     class _DryEngine:
         name, capacity = args.engine, jobs
     sweep = Sweep(name=name, runs=runs, grids=grids, split=split, engine=_DryEngine(), cwd=storage or cwd,
                   experiments_path=experiments_path, command=command, options=options,
-                  eval_options={flag: value for flag, value in settings.items() if value is not None},
+                  # each perturbation's `--X-samples N` given here, and the OOD files
+                  evaluate_args=perturbations.sample_arguments(args.samples) +
+                  [a for path in ood_paths for a in ('--ood-file', path)],
                   columns=spec['columns'])
     sweep.merge_previous()
     if args.dry_run:

@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS_FOLDER = 'sweeps'
@@ -23,14 +23,14 @@ class SweepState:
 
     def __init__(self, *, name: str, runs: List[Dict[str, Any]], grids, split: str, engine, cwd: Path,
                  experiments_path: Path, command: List[str], options: Dict[str, Any],
-                 eval_options: Optional[Dict[str, Any]] = None, columns: Optional[List[str]] = None):
+                 evaluate_args: Sequence[str] = (), columns: Optional[List[str]] = None):
         self.name, self.split, self.engine, self.cwd = name, split, engine, cwd
         # the table's columns (`None`: every one); `TRAIN_COLUMN` is each run's training time
         self.columns = columns
         self.experiments_path = experiments_path
         self.folder = experiments_path / SWEEPS_FOLDER / name
-        # flag → value, passed on to `python -m experiments.evaluate` (`{'--fgsm-samples': 200}`)
-        self.eval_options = dict(eval_options or {})
+        # passed on to `python -m experiments.evaluate` (`['--fgsm-samples', '200', '--ood-file', PATH]`)
+        self.evaluate_args = list(evaluate_args)
         self.command = command
         self.options = options
         self.grids = grids
@@ -129,8 +129,6 @@ class SweepState:
     def command_of(self, run, stage: str) -> List[str]:
         if stage == 'evaluate':
             command = [sys.executable, '-m', 'experiments.evaluate', str(self.run_dir(run)), '--split', self.split]
-            for flag, value in self.eval_options.items():
-                command += [flag, str(value)]
-            return command
+            return command + self.evaluate_args
         argv = list(run['argv']) + ([f"resume={run['uuid']}"] if stage == 'resume' else [])
         return [sys.executable, '-m', 'experiments.train', run['family'], *argv]
