@@ -2,7 +2,7 @@
 The perturbation registry's promise: a perturbation is its module plus one registry line.
 
 A toy Gaussian blur (`tests/toy_perturbation.py`), registered here by one entry, gets its option in
-`experiments.evaluate` and `experiments.sweep`, its block in `evaluation.json`, its figure, its `compare` column
+`experiments.evaluate` and `experiments.sweep` (which passes it on), its block in `evaluation.json`, its figure, its `compare` column
 and its comparison figure, with no other file touched. Also: the registered perturbations agree with one another,
 and the missing-pixel masks (`evidential.perturbations`) are nested and the same on every run.
 """
@@ -83,6 +83,11 @@ def test_a_perturbation_is_its_module_and_one_registry_line(blur_registered, wor
     (row,) = json.loads((workdir / 'seeds' / 'comparison.json').read_text())['rows']
     assert row['values']['blur/2/accuracy'] == pytest.approx(np.mean(blurred))
     assert (workdir / 'seeds' / 'comparison_blur.png').is_file()
+
+    # the sweep takes the option and passes it on to every evaluation
+    from experiments.sweep.cli import parse_args as sweep_args
+    args = sweep_args(['evidence_mnist', 'seed=1,2', '--blur-samples', '5'])
+    assert perturbations.sample_arguments(args.samples) == ['--blur-samples', '5']
 
     # the API checks a sample count before anything is written
     with pytest.raises(EvaluateError, match='--blur-samples must be >= 0'):
