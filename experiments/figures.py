@@ -11,7 +11,7 @@ Entropies are in nats, like `evidential.metrics.entropy`.
 
 import math
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -68,60 +68,85 @@ def _save(fig: Figure, path: PathLike) -> Path:
 # ## Plots
 
 def reliability_diagram(probs: ArrayLike, labels: ArrayLike, path: PathLike, *,
-                        n_bins: int = 15, title: Optional[str] = None) -> Path:
-    """Reliability diagram: per confidence bin, accuracy (bars) against the
-    diagonal of perfect calibration, the gap shaded, and the share of samples
-    per bin underneath. Bins and ECE are those of `evidential.metrics`."""
+                        n_bins: int = 15, title: Optional[str] = None, few: int = 30) -> Path:
+    """Reliability diagram: per confidence bin, accuracy (bars) against the diagonal of perfect calibration,
+    the gap between accuracy and confidence hatched in red (above the bar where the model is over-confident,
+    inside it where it is under-confident), each bin's sample count above it, bins of fewer than `few` samples
+    pale, and the share of samples per bin underneath. Bins and ECE are those of `evidential.metrics`."""
     probs_t = torch.as_tensor(_np(probs, "probs"))
     labels_t = torch.as_tensor(_np(labels, "labels"))
     bins = {k: v.cpu().numpy() for k, v in metrics.calibration_bins(probs_t, labels_t, n_bins).items()}
     ece = metrics.ece(probs_t, labels_t, n_bins)
     edges, width = bins["edges"], 1.0 / n_bins
     centers = edges[:-1] + width / 2
-    filled = bins["count"] > 0
+    count = bins["count"]
+    filled, sparse = count >= few, (count > 0) & (count < few)
+    acc, conf = bins["accuracy"], bins["confidence"]
 
     fig = Figure(figsize=(5, 6))
     ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.bar(centers[filled], bins["accuracy"][filled], width=width, edgecolor="black", color="tab:blue",
-           label="accuracy")
-    ax.bar(centers[filled], bins["confidence"][filled] - bins["accuracy"][filled],
-           bottom=bins["accuracy"][filled], width=width, color="tab:red", alpha=0.3, hatch="//", label="gap")
+    ax.bar(centers[filled], acc[filled], width=width, edgecolor="black", color="tab:blue", label="accuracy")
+    ax.bar(centers[sparse], acc[sparse], width=width, edgecolor="black", color="tab:blue", alpha=0.3,
+           label=f"accuracy, fewer than {few} samples")
+    # the gap as red hatching without a fill, so that it looks the same over the bar, above it and in the legend
+    shown = count > 0
+    low, high = np.minimum(acc, conf)[shown], np.maximum(acc, conf)[shown]
+    ax.bar(centers[shown], high - low, bottom=low, width=width, facecolor="none", edgecolor="tab:red",
+           hatch="///", linewidth=0, label="gap to confidence")
+    for x, n, top in zip(centers[shown], count[shown], high):
+        ax.text(x, min(top + 0.02, 0.97), f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.08)
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left")
-    ax.set_title(title or f"Reliability diagram (ECE = {ece:.4f}, {n_bins} bins)")
-    ax_count.bar(centers, bins["count"] / bins["count"].sum(), width=width, edgecolor="black", color="grey")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or f"Reliability diagram (ECE = {ece:.4f}, {n_bins} bins)\n"
+                          "above each bin: its number of samples", fontsize=10)
+    ax_count.bar(centers, count / count.sum(), width=width, edgecolor="black", color="grey")
     ax_count.set_xlabel(r"confidence $\max_k \hat{p}_k$")
     ax_count.set_ylabel("share of samples")
     return _save(fig, path)
 
 
+def score_histograms(correct: ArrayLike, wrong: ArrayLike, ood: Mapping[str, ArrayLike], path: PathLike, *,
+                     name: str = "u", limits: Optional[Tuple[float, float]] = (0.0, 1.0), bins: int = 30,
+                     title: Optional[str] = None) -> Path:
+    """Histograms of an uncertainty score (higher = less certain) for correctly and wrongly classified test
+    samples and for each OOD set (`ood = {set name: scores}`), on shared bins over `limits` (`None`: the range of
+    the values): densities on a linear axis (left) and on a log axis (right), where the few wrong predictions and
+    the tails are not flattened. Empty groups (e.g. no wrong predictions) are skipped."""
+    groups = {"correct": _1d(correct, "correct", allow_empty=True),
+              "wrong": _1d(wrong, "wrong", allow_empty=True)}
+    for set_name, values in ood.items():
+        groups[f"OOD: {set_name}"] = _1d(values, f"ood[{set_name!r}]", allow_empty=True)
+    if all(g.size == 0 for g in groups.values()):
+        raise ValueError("all groups of scores are empty; nothing to plot")
+    if limits is None:
+        every = np.concatenate([g[np.isfinite(g)] for g in groups.values()])
+        limits = (float(every.min()), float(every.max())) if every.size else (0.0, 1.0)
+    lo, hi = limits
+    hi = hi if hi > lo else lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for ax, scale in zip(axes, ("linear", "log")):
+        for group, values in groups.items():
+            if values.size:
+                ax.hist(np.clip(values, lo, hi), bins=edges, density=True, histtype="step", linewidth=1.8,
+                        label=f"{group} (n={values.size})")
+        ax.set_xlim(lo, hi)
+        ax.set_yscale(scale)
+        ax.set_xlabel(name)
+        ax.set_ylabel("density" + (" (log scale)" if scale == "log" else ""))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"{name} for right and wrong predictions and out-of-distribution sets")
+    return _save(fig, path)
+
+
 def uncertainty_histograms(u_correct: ArrayLike, u_wrong: ArrayLike, ood: Mapping[str, ArrayLike],
                            path: PathLike, *, bins: int = 30, title: str = "Uncertainty mass u = K / S") -> Path:
-    """Density histograms of $u$ for correctly and wrongly classified test
-    samples and for each OOD set (`ood = {set name: u}`), on shared bins over $[0, 1]$.
-    Empty groups (e.g. no wrong predictions) are skipped."""
-    groups = {"correct": _1d(u_correct, "u_correct", allow_empty=True),
-              "wrong": _1d(u_wrong, "u_wrong", allow_empty=True)}
-    for name, u in ood.items():
-        groups[f"OOD: {name}"] = _1d(u, f"ood[{name!r}]", allow_empty=True)
-    if all(g.size == 0 for g in groups.values()):
-        raise ValueError("all groups of uncertainty values are empty; nothing to plot")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for name, u in groups.items():
-        if u.size:
-            ax.hist(np.clip(u, 0, 1), bins=edges, density=True, histtype="step", linewidth=1.8,
-                    label=f"{name} (n={u.size})")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("u")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend()
-    return _save(fig, path)
+    """`score_histograms` of the uncertainty mass $u = K / S$, on $[0, 1]$."""
+    return score_histograms(u_correct, u_wrong, ood, path, name="u", limits=(0.0, 1.0), bins=bins, title=title)
 
 
 def entropy_cdf(entropies: Mapping[str, ArrayLike], path: PathLike, *,
@@ -249,12 +274,27 @@ def missing_pixels_plot(curves: Mapping[str, Mapping], path: PathLike, *, num_cl
     return _save(fig, path)
 
 
+def one_per_class(order: ArrayLike, classes: ArrayLike, k: int) -> List[int]:
+    """The first `k` indices of `order` whose `classes` differ (one per class, in order); where there are fewer
+    than `k` classes, the next indices of `order` fill up."""
+    order_a, classes_a = _np(order, "order").astype(int), _np(classes, "classes").astype(int)
+    picked, seen = [], set()
+    for i in order_a:
+        if classes_a[i] not in seen:
+            seen.add(classes_a[i])
+            picked.append(int(i))
+            if len(picked) == k:
+                return picked
+    rest = [int(i) for i in order_a if int(i) not in set(picked)]
+    return picked + rest[:k - len(picked)]
+
+
 def extreme_uncertainty_grid(images: ArrayLike, u: ArrayLike, evidence: ArrayLike, labels: ArrayLike,
                              preds: ArrayLike, path: PathLike, *, k: int = 8) -> Path:
-    """The `k` test images with the lowest $u$ (top two rows) and the `k` with
-    the highest (bottom two rows): each image titled with true label, prediction
-    and $u$, above a bar chart of its per-class evidence (true class green,
-    predicted class red if wrong).
+    """The test images with the lowest $u$ (top two rows: the most certain image of each of `k` predicted
+    classes, so that they are not eight of one digit) and the `k` with the highest (bottom two rows): each image
+    titled with true label, prediction and $u$ (red: a wrong prediction), above a bar chart of its per-class
+    evidence on one scale per row (true class green, predicted class red where wrong, others grey).
 
     * `images`: `[N, H, W]` or `[N, 1, H, W]`; `u`: `[N]`; `evidence`: `[N, K]`;
       `labels`, `preds`: `[N]` integers."""
@@ -273,13 +313,14 @@ def extreme_uncertainty_grid(images: ArrayLike, u: ArrayLike, evidence: ArrayLik
                          f"u {u_a.shape}, evidence {ev.shape}, labels {lab.shape}, preds {pred.shape}")
     k = max(1, min(k, n))
     order = np.argsort(u_a, kind="stable")
-    groups = [("lowest u", order[:k]), ("highest u", order[::-1][:k])]
+    groups = [("lowest u,\none per class", one_per_class(order, pred, k)), ("highest u", list(order[::-1][:k]))]
     n_classes = ev.shape[1]
 
-    fig = Figure(figsize=(1.6 * k, 7.5))
+    fig = Figure(figsize=(1.6 * k, 8))
     axes = fig.subplots(4, k, squeeze=False,
-                        gridspec_kw={"height_ratios": [1.2, 0.8, 1.2, 0.8], "hspace": 0.55})
+                        gridspec_kw={"height_ratios": [1.2, 0.8, 1.2, 0.8], "hspace": 0.55, "wspace": 0.15})
     for g, (group_name, idx) in enumerate(groups):
+        top = max([ev[i].max() for i in idx] + [1e-12])
         for j in range(k):
             ax_img, ax_ev = axes[2 * g, j], axes[2 * g + 1, j]
             if j >= len(idx):
@@ -297,10 +338,27 @@ def extreme_uncertainty_grid(images: ArrayLike, u: ArrayLike, evidence: ArrayLik
             if 0 <= lab[i] < n_classes:
                 colors[lab[i]] = "tab:green"
             ax_ev.bar(np.arange(n_classes), ev[i], color=colors)
+            ax_ev.set_ylim(0, top * 1.05)  # one scale per row
             ax_ev.set_xticks(np.arange(n_classes))
             ax_ev.tick_params(labelsize=6)
             if j == 0:
                 ax_ev.set_ylabel("evidence", fontsize=8)
-                ax_img.text(-0.4, 0.5, group_name, transform=ax_img.transAxes, rotation=90,
-                            va="center", ha="center", fontsize=10)
+                ax_ev.yaxis.set_major_formatter(_compact_number)
+                ax_img.text(-0.45, 0.5, group_name, transform=ax_img.transAxes, rotation=90,
+                            va="center", ha="center", fontsize=9)
+            else:
+                ax_ev.set_yticklabels([])
+    from matplotlib.patches import Patch
+    fig.legend(handles=[Patch(color="tab:green", label="evidence for the true class"),
+                        Patch(color="tab:red", label="for the predicted class, where wrong (red title)"),
+                        Patch(color="tab:grey", label="for the other classes")],
+               loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     return _save(fig, path)
+
+
+def _compact_number(value, _position=None) -> str:
+    """Axis labels such as 150k, 2.5M and 0.3."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"

@@ -50,6 +50,31 @@ def test_uncertainty_histograms_allows_no_wrong_predictions(tmp_path):
     assert_png(path, F.uncertainty_histograms(rng(2).random(50), np.array([]), {}, path))
 
 
+def test_score_histograms_of_any_range(tmp_path):
+    g = rng(6)
+    path = tmp_path / "nll_hist.png"  # a score without a fixed range (the circuit's -log p(x)): limits from the data
+    out = F.score_histograms(g.normal(300, 20, 400), g.normal(400, 50, 10), {"fashion": g.normal(900, 80, 100)},
+                             path, name="-log p(x)", limits=None)
+    assert_png(path, out)
+
+
+def test_one_per_class_picks_distinct_classes_in_order_then_fills_up():
+    order = np.array([5, 3, 0, 1, 4, 2])
+    classes = np.array([7, 7, 1, 7, 2, 7])  # of index 0, 1, ...
+    assert F.one_per_class(order, classes, 3) == [5, 4, 2]  # 5 (class 7), 4 (class 2), 2 (class 1)
+    assert F.one_per_class(order, classes, 5) == [5, 4, 2, 3, 0]  # three classes, then the next in order
+    assert F.one_per_class(order, classes, 1) == [5]
+
+
+def test_reliability_diagram_with_sparse_bins(tmp_path):
+    g = rng(7)
+    probs = np.full((500, 10), 0.01)
+    probs[np.arange(500), g.integers(0, 10, 500)] = 0.91  # every sample in one bin ...
+    probs[:5] = 0.1  # ... but five
+    path = tmp_path / "sparse.png"
+    assert_png(path, F.reliability_diagram(probs, g.integers(0, 10, 500), path))
+
+
 def test_entropy_cdf(tmp_path):
     g = rng(3)
     path = tmp_path / "entropy_cdf.png"

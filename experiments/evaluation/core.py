@@ -115,7 +115,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         try:
             save_npz(run_dir / predictions_file, npz)
             written, figure_notes = ({}, []) if selecting else write_figures(
-                run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence, kept)
+                run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence, kept,
+                family.primary_score)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
         for note in figure_notes:

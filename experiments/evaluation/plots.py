@@ -1,5 +1,6 @@
 """The PNG figures of an evaluation, from the saved arrays and the perturbations' blocks (`experiments.figures`
 draws; each perturbation draws its own)."""
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -9,6 +10,11 @@ import torch
 from evidential import metrics
 from experiments import figures
 from experiments.evaluation import perturbations
+from experiments.evaluation.predictions import scores_of_arrays
+
+#: How the histograms' axis names a score
+SCORE_NAMES = {'u': 'uncertainty mass u = K / S', 'entropy': 'entropy of p̂ (nats)', 'msp': '1 − max p̂',
+               'mutual_information': 'mutual information (nats)', 'neg_log_density': '−log p(x)'}
 
 #: The figures of every evaluation (the perturbations name theirs: `Perturbation.figure`)
 FIGURES = {
@@ -26,10 +32,11 @@ def figure_files() -> Dict[str, str]:
 
 def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], labels: np.ndarray,
                   ood_arrays: Dict[str, Dict[str, np.ndarray]], blocks: Dict[str, Any],
-                  test_evidence: Optional[torch.Tensor], kept: Sequence[str] = ()) -> Tuple[Dict[str, str], List[str]]:
+                  test_evidence: Optional[torch.Tensor], kept: Sequence[str] = (),
+                  primary: str = 'entropy') -> Tuple[Dict[str, str], List[str]]:
     """The PNG figures; returns `{figure: file name}` and notes on those skipped. The figures of the `kept`
     perturbations (blocks kept from an earlier evaluation) stay as they are; any other figure of an earlier
-    evaluation that this one did not draw is removed."""
+    evaluation that this one did not draw is removed. The histograms show the family's `primary` score."""
     from evidential.data import dataset_spec
     spec = dataset_spec(conf.dataset.name)
     files = figure_files()
@@ -44,12 +51,13 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
         return run_dir / files[key]
 
     figures.reliability_diagram(probs, labels, path('reliability'))
-    if 'u' in id_arrays:
-        figures.uncertainty_histograms(id_arrays['u'][correct], id_arrays['u'][~correct],
-                                       {name: a['u'] for name, a in ood_arrays.items() if 'u' in a},
-                                       path('uncertainty_histograms'))
-    else:
-        notes.append('uncertainty histograms skipped: the model gives no uncertainty mass u')
+    _, id_scores = scores_of_arrays(id_arrays, primary)
+    ood_scores = {name: scores_of_arrays(a, primary)[1] for name, a in ood_arrays.items()}
+    score = id_scores[primary].numpy()
+    figures.score_histograms(score[correct], score[~correct],
+                             {name: s[primary].numpy() for name, s in ood_scores.items() if primary in s},
+                             path('uncertainty_histograms'), name=SCORE_NAMES.get(primary, primary),
+                             limits={'u': (0.0, 1.0), 'msp': (0.0, 1.0), 'entropy': (0.0, math.log(k))}.get(primary))
     if ood_arrays:
         figures.entropy_cdf({name: metrics.entropy(torch.from_numpy(a['probs'])) for name, a in ood_arrays.items()},
                             path('entropy_cdf'), num_classes=k)
