@@ -197,8 +197,17 @@ def test_bad_evaluation_options_stop_before_anything_is_written(options, message
 
 def test_validation_split_needs_a_holdout(workdir, synthetic_data_dir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
-    assert sweep_module.main(['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2']) == 2
-    assert 'holdout=0' in capsys.readouterr().err and not (workdir / 'logs').exists()
+    argv = ['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'seed=1,2']
+    assert sweep_module.main([*argv, '--split', 'validation']) == 2
+    err = capsys.readouterr().err
+    assert 'holdout=0' in err and '--split test' in err and not (workdir / 'logs').exists()
+    # without --split, a grid without a held-out split is evaluated on the test set, and the sweep says so
+    assert sweep_module.main([*argv, '--dry-run']) == 0
+    captured = capsys.readouterr()
+    assert 'split test' in captured.out and 'holdout=0 have no held-out split' in captured.err
+    assert sweep_module.main(['evidence_mnist', 'preset=smoke', 'holdout=0.1', f'data_dir={synthetic_data_dir}',
+                              'seed=1,2', '--dry-run']) == 0
+    assert 'split validation' in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------ local engine

@@ -41,7 +41,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument('--jobs', type=int, default=None,
                    help='runs at a time (local default 1; ray default: what the CPUs allow)')
     p.add_argument('--split', choices=['validation', 'test'], default=None,
-                   help='evaluate on the held-out split (default; needs holdout>0) or the test set')
+                   help='evaluate on the held-out split (needs holdout>0) or the test set (default: validation '
+                        'where every run holds a split out, else test)')
     p.add_argument('--name', default=None, help='sweep folder name under <experiments>/sweeps (default: from the grid)')
     p.add_argument('--engine', choices=['local', 'ray'], default='local')
     p.add_argument('--address', default=None, help="ray: a running cluster's address (default: start a local Ray)")
@@ -85,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             spec = {'name': None, 'split': None, 'jobs': None, 'columns': None}
             grids = [(args.target, parse_axes(args.axes))]
-        split = args.split or spec['split'] or 'validation'
+        chosen = args.split or spec['split']
+        split = chosen or 'validation'
         if split not in ('validation', 'test'):
             raise SweepError(f"split={split!r}: must be validation or test")
         jobs = args.jobs or spec['jobs']
@@ -103,7 +105,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             use_project_folder(storage)
         elif storage is None and use_project_folder(cwd) is None:
             lab.get_path()
-        runs = plan(grids, split, cwd)
+        runs = plan(grids, split if chosen else 'test', cwd)
+        if not chosen and any(r['_values'].get('holdout', 1) == 0 for r in runs):
+            split = 'test'
+            print("note: evaluating on the test set, as runs with holdout=0 have no held-out split (set holdout>0 "
+                  "to choose settings on held-out data)", file=sys.stderr)
         if storage is not None and not (storage / '.labml.yaml').is_file():
             experiments_path, data_path = storage / 'logs', storage / 'data'
             for r in runs:  # what labml will see there once the .labml.yaml exists
