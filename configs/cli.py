@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, get_args, get_ori
 
 from labml_nn.optimizers.configs import OptimizerConfigs
 
+from configs.compat import declarations
+
 
 
 def one_line(text: str) -> str:
@@ -137,14 +139,8 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
 
 
 def _labml_fields(conf, prefix: str = '') -> Dict[str, Field]:
-    """Declared keys, types, defaults and option names of a labml `Configs` instance.
-
-    labml 0.5.3 has no public API for this, so we read the name-mangled tables its `Configs.__init__`
-    fills (`__types`, `__defaults`, `__options`), the same ones its own `_to_json()` reads.
-    """
-    types = conf._Configs__types
-    defaults = conf._Configs__defaults
-    options = conf._Configs__options
+    """Declared keys, types, defaults and option names of a labml `Configs` instance (`configs.compat`)."""
+    types, defaults, options = declarations(conf)
     return {f'{prefix}{k}': Field(key=f'{prefix}{k}', type=t, default=defaults.get(k),
                                   options=[o for o in options.get(k, {}) if not o.startswith('_')])
             for k, t in types.items()}

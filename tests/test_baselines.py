@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from configs.checkpoint import load_checkpoint
 from configs.cli import schema
+from configs.compat import set_values
 from configs.ensemble import EnsembleConfigs, FAMILY as ENSEMBLE
 from configs.evidence import DEFAULTS as EVIDENCE_DEFAULTS, EvidenceConfigs
 from configs.mc_dropout import MCDropoutConfigs
@@ -210,7 +211,7 @@ def test_mc_dropout_samples_differ_at_test_time(baselines, monkeypatch):
 
 def test_mc_dropout_one_sample_without_dropout_is_a_plain_eval_forward(synthetic_data_dir):
     conf = MCDropoutConfigs()
-    conf._set_values({'data_dir': str(synthetic_data_dir), 'dataset': 'mnist', 'model': 'lenet', 'device': 'cpu',
+    set_values(conf, {'data_dir': str(synthetic_data_dir), 'dataset': 'mnist', 'model': 'lenet', 'device': 'cpu',
                       'mc_samples': 1, 'dropout': 0.0})
     test = conf.dataset.test
     outputs = conf.evaluate_outputs(test)
