@@ -141,13 +141,16 @@ def _without_main_block(tree: ast.Module) -> ast.Module:
 
 
 def test_layering():
-    """`configs/` never imports `experiments`, `evidential/` neither `configs`, `experiments` nor labml, and only
-    the `if __name__ == '__main__'` lines exit."""
+    """`configs/` never imports `experiments`, `evidential/` neither `configs`, `experiments` nor labml, no family
+    imports the evidential family's `configs.evidence`, and only the `if __name__ == '__main__'` lines exit."""
     root = Path(__file__).resolve().parent.parent
     for package, forbidden in (('configs', ('experiments',)), ('evidential', ('experiments', 'configs', 'labml'))):
         for path in (root / package).rglob('*.py'):
             for module in _imported_modules(path):
                 assert module.split('.')[0] not in forbidden, (path, module)
+    # families share through `configs.registry` and `configs.lenet`, never through the evidential family's module
+    for path in [*(root / 'configs').rglob('*.py'), root / 'tests' / 'toy_family.py']:
+        assert 'configs.evidence' not in list(_imported_modules(path)), path
     for path in [*(root / 'configs').rglob('*.py'), *(root / 'evidential').rglob('*.py'),
                  *(root / 'experiments').rglob('*.py')]:
         for node in ast.walk(_without_main_block(ast.parse(path.read_text()))):
