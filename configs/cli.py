@@ -80,11 +80,13 @@ def _url(v):
 
 
 def _device(v):
-    from evidential.data import resolve_device
+    from evidential.data import DeviceError, resolve_device
     try:
         resolve_device(v)
+    except DeviceError as e:
+        return e.reason
     except (ValueError, RuntimeError) as e:
-        return str(e).split(': ', 1)[-1] if str(e).startswith('device=') else f'is not a device ({e})'
+        return f'is not a device ({e})'
 
 
 #: The largest integer any key accepts (a C long: seeds and counts reach torch as one)
