@@ -262,12 +262,6 @@ def tolerate_concurrent_starts() -> None:
         Computer.get_projects = _get_projects_tolerating_other_runs
 
 
-def labml_get_projects() -> Callable:
-    """labml's own `Computer.get_projects`, whether or not `tolerate_concurrent_starts` has replaced it."""
-    from labml.internal.computer.configs import Computer
-    return LABML_GET_PROJECTS or Computer.get_projects
-
-
 # ---------------------------------------------------------------------- torch: starting without torch._dynamo
 
 def skip_dynamo_import() -> int:

@@ -127,15 +127,6 @@ def health(root: str, token: str = '', timeout: float = HEALTH_TIMEOUT_S) -> Opt
         return None
 
 
-def is_up(root: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """Whether an HTTP server answers at ``root`` within ``timeout`` seconds.
-
-    Any HTTP answer counts (a stock ``labml app-server`` has no health endpoint);
-    a refused connection or a timeout does not.
-    """
-    return health(root, timeout=timeout) is not None
-
-
 def attach(url: Optional[str]) -> bool:
     """Report the coming labml run to the dashboard at ``url``, if it answers.
 
