@@ -226,7 +226,7 @@ def empty_app_packet():
 def _get_projects_tolerating_other_runs(self) -> set:
     """labml 0.5.3's `Computer.get_projects` (it lists `~/.labml/projects/*.txt` and deletes the entries of
     projects whose folder is gone), tolerating entries that another process deletes meanwhile: with many runs
-    starting at once (a sweep), two of them deleting the same stale entry made the second one die in
+    starting at once (a sweep), two of them deleting the same stale entry would make the second one die in
     `experiment.start()` with `FileNotFoundError`."""
     projects, to_remove = set(), []
     for p in self.projects_folder.iterdir():

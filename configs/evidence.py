@@ -132,7 +132,7 @@ option(EvidenceConfigs.model, 'lenet')(lenet_body)
 # with the reason (and source) next to it, and the command line overrides both.
 
 # Every option has an explicit default, so a run's configs.yaml always names what was used.
-# The defaults are the `tuned` preset below (issue 8): chosen on a held-out 10% of the training set.
+# The defaults are the `tuned` preset below: chosen on a held-out 10% of the training set.
 DEFAULTS = {
     'dataset': 'mnist',
     'model': 'lenet',

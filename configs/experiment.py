@@ -324,8 +324,8 @@ class MNISTExperimentConfigs(BaseConfigs):
     def resolve_configs(self):
         """
         Computes every configuration now. labml computes each one on first use and then rewrites the run's
-        `configs.yaml` (~50 ms each); a dozen of those inside the first epoch made it ~0.6 s slower than the
-        others and skewed its timing.
+        `configs.yaml` (~50 ms each); a dozen of those inside the first epoch would make it ~0.6 s slower than
+        the others and skew its timing.
         """
         types, _, _ = declarations(self)
         for key in types:

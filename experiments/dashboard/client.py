@@ -189,8 +189,8 @@ class BoundedAppTrackThread(app_track_thread_class()):
 
     # -- labml interface ---------------------------------------------------------
     def stop(self):
-        # labml prints "Still updating labml server, please wait..." here; the wait
-        # is now bounded, so stay quiet
+        # labml prints "Still updating labml server, please wait..." here; this
+        # thread's wait is bounded, so it stays quiet
         self.is_stopped = True
         self.push_data_source(_Wakeup())
 
