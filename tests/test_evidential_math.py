@@ -187,6 +187,17 @@ def test_piecewise_schedule_interpolates_fractions_of_training():
     assert s(600) == pytest.approx(0.505) and s(1000) == 1. and s(2000) == 1.
 
 
+@pytest.mark.parametrize('points, total', [
+    ([(0, 0.), (0.2, 0.01), (1, 1.)], 1000), ([(0, 0.), (0.2, 0.01), (1, 1.)], 2 * 313), ([(0.1, 0.5), (0.7, 2.)], 999),
+    ([(0, 1.), (0.5, 0.), (1, 0.3)], 7), ([(0, 0.), (0.3, 0.3), (0.3, 0.6), (1, 0.9)], 100)])
+def test_piecewise_schedule_equals_labml_nn(points, total):
+    """The same numbers as the `RelativePiecewise` of labml_nn's tutorial, at every sample count and beyond."""
+    from labml_nn.helpers.schedule import RelativePiecewise
+    ours = make_kl_schedule('piecewise', samples_per_epoch=total, epochs=1, points=points)
+    theirs = RelativePiecewise([(float(x), float(y)) for x, y in points], total)
+    assert [ours(t) for t in range(-2, total + 3)] == [min(1., float(theirs(t))) for t in range(-2, total + 3)]
+
+
 def test_constant_and_off_schedules():
     assert make_kl_schedule('constant', samples_per_epoch=1, epochs=1, coef=0.3)(12345) == 0.3
     assert make_kl_schedule('off', samples_per_epoch=1, epochs=1)(10) == 0.
