@@ -21,10 +21,9 @@ import torch.nn as nn
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import Preset, between, non_negative, positive
-from configs.evidence import PRESETS as EVIDENCE_PRESETS, kl_points_check, kl_schedule_options
-from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
-from configs.registry import Capabilities, Family
+from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets, kl_points_check, \
+    kl_schedule_options
+from configs.registry import Capabilities, Family, Preset, between, non_negative, positive
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
 from evidential.models.bayes import BayesLayer, BayesLayers, bayes_logits, kl_divergence, negative_elbo
 from evidential.models.lenet import LeNet
@@ -115,7 +114,7 @@ DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet', 'dropout': 0.0, 'prior_scale':
             'sigma_min': 1e-5, 'beta': 1.0, 'kl_schedule': 'constant', 'kl_coef': 1.0, 'mc_samples': 30}
 
 PRESETS = {
-    **baseline_presets(EVIDENCE_PRESETS, mc_samples=4),
+    **baseline_presets(mc_samples=4),
     'pyro': Preset(
         "Pyro's Bayesian-neural-network tutorial (local reparametrisation), with a correct ELBO",
         {'model': 'mlp', 'train_batch_size': 128, 'optimizer.optimizer': 'NesterovSGD', 'optimizer.learning_rate': 0.002,

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from configs.compat import file_writer_path, take_file_writer_data, take_over_file_writer, tracker_file_writer
+
 CHECKPOINT_FILE = 'checkpoint.pt'
 VALUES_FILE = 'experiment.json'
 CHECKPOINT_FORMAT = 1
@@ -152,15 +154,14 @@ class LogGuard:
         self.writer = writer
         self.error: Optional[RunWriteError] = None
         self.failed = False
-        writer.flush = self.flush
-        writer.finish = self.finish
+        take_over_file_writer(writer, self.flush, self.finish)
 
     def flush(self, sync: bool = False) -> None:
-        data, self.writer.indicators = self.writer.indicators, {}
+        data = take_file_writer_data(self.writer)
         if self.failed or not data:  # after a failure: dropped (the run is stopping), never half-written
             return
         try:
-            append_line(Path(self.writer.file_path), json.dumps({'track': data, 'time': time.time()}), sync=sync)
+            append_line(file_writer_path(self.writer), json.dumps({'track': data, 'time': time.time()}), sync=sync)
         except RunWriteError as e:
             self.failed, self.error = True, self.error or e
             raise
@@ -177,12 +178,8 @@ class LogGuard:
     @classmethod
     def install(cls) -> Optional['LogGuard']:
         """Guards the file writer of labml's tracker (after `experiment.start()`); None when there is none."""
-        from labml.internal.tracker import tracker_singleton
-        from labml.internal.tracker.writers.file import Writer as FileWriter
-        for w in tracker_singleton()._Tracker__writers:
-            if isinstance(w, FileWriter):
-                return cls(w)
-        return None
+        writer = tracker_file_writer()
+        return None if writer is None else cls(writer)
 
 
 def training_pid(run_dir: Path) -> Optional[int]:

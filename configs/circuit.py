@@ -27,9 +27,8 @@ import torch.nn as nn
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import Preset, between, one_of
 from configs.experiment import MNISTExperimentConfigs
-from configs.registry import Capabilities, Family
+from configs.registry import Capabilities, Family, Preset, between, one_of
 from evidential.data import dataset_spec
 from evidential.models.circuit import (INPUT_LAYERS, LAYER_TYPES, REGION_GRAPHS, ROOT_LAYERS, PixelCircuit,
                                        bits_per_dim, hybrid_loss, neg_log_density)

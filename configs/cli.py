@@ -22,9 +22,12 @@ of it (in the spirit of nanoGPT's configurator):
 import ast
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, get_args, get_origin
+from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin
 
 from labml_nn.optimizers.configs import OptimizerConfigs
+
+from configs.compat import declarations
+from configs.registry import Check, Preset, fraction_open, non_negative, positive
 
 
 
@@ -64,22 +67,6 @@ OPTIMIZER_KEYS = {'optimizer', 'learning_rate', 'weight_decay', 'weight_decouple
 OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'NesterovSGD', 'RAdam', 'AdaBelief']
 
 
-def positive(v): return None if v > 0 else 'must be > 0'
-def non_negative(v): return None if v >= 0 else 'must be >= 0'
-def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
-def at_least_one(v): return None if v >= 1 else 'must be >= 1'
-
-
-def one_of(choices):
-    """A check for a name among `choices`."""
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-def between(lo, hi):
-    """A check for a count in `[lo, hi]` (families bound their own counts: members, samples, voters)."""
-    return lambda v: None if lo <= v <= hi else f'must be in [{lo:,}, {hi:,}]'
-
-
 def _betas(v):
     if len(v) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v):
         return 'must be two numbers in [0, 1), e.g. (0.9, 0.999)'
@@ -93,11 +80,13 @@ def _url(v):
 
 
 def _device(v):
-    from evidential.data import resolve_device
+    from evidential.data import DeviceError, resolve_device
     try:
         resolve_device(v)
+    except DeviceError as e:
+        return e.reason
     except (ValueError, RuntimeError) as e:
-        return str(e).split(': ', 1)[-1] if str(e).startswith('device=') else f'is not a device ({e})'
+        return f'is not a device ({e})'
 
 
 #: The largest integer any key accepts (a C long: seeds and counts reach torch as one)
@@ -115,7 +104,7 @@ UPPER_BOUNDS: Dict[str, int] = {
 
 # Range checks of the keys every family has: key -> function returning an error text (or None when the
 # value is fine). Each family adds its own (`Family.checks`).
-CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
+CHECKS: Dict[str, Check] = {
     'epochs': positive,
     'train_batch_size': positive,
     'valid_batch_size': positive,
@@ -137,14 +126,8 @@ CHECKS: Dict[str, Callable[[Any], Optional[str]]] = {
 
 
 def _labml_fields(conf, prefix: str = '') -> Dict[str, Field]:
-    """Declared keys, types, defaults and option names of a labml `Configs` instance.
-
-    labml 0.5.3 has no public API for this, so we read the name-mangled tables its `Configs.__init__`
-    fills (`__types`, `__defaults`, `__options`), the same ones its own `_to_json()` reads.
-    """
-    types = conf._Configs__types
-    defaults = conf._Configs__defaults
-    options = conf._Configs__options
+    """Declared keys, types, defaults and option names of a labml `Configs` instance (`configs.compat`)."""
+    types, defaults, options = declarations(conf)
     return {f'{prefix}{k}': Field(key=f'{prefix}{k}', type=t, default=defaults.get(k),
                                   options=[o for o in options.get(k, {}) if not o.startswith('_')])
             for k, t in types.items()}
@@ -271,7 +254,7 @@ def coerce(f: Field, raw: Any) -> Any:
     return converted
 
 
-def check(key: str, value: Any, checks: Optional[Dict[str, Callable[[Any], Optional[str]]]] = None) -> None:
+def check(key: str, value: Any, checks: Optional[Dict[str, Check]] = None) -> None:
     """Raises `UsageError` when `checks` (default: the shared `CHECKS`) find a problem with `value`."""
     fn = (CHECKS if checks is None else checks).get(key)
     try:
@@ -306,7 +289,7 @@ def parse_argv(argv: List[str]) -> Tuple[Optional[str], Dict[str, str], bool]:
 
 
 def validate(fields: Dict[str, Field], values: Dict[str, Any],
-             checks: Optional[Dict[str, Callable[[Any], Optional[str]]]] = None) -> Dict[str, Any]:
+             checks: Optional[Dict[str, Check]] = None) -> Dict[str, Any]:
     """Coerces and checks every value (range checks: `checks`, default the shared `CHECKS`);
     raises `UsageError` on the first problem."""
     out = {}
@@ -323,7 +306,7 @@ def validate(fields: Dict[str, Field], values: Dict[str, Any],
     return out
 
 
-def format_help(prog: str, fields: Dict[str, Field], presets: Dict[str, 'Preset']) -> str:
+def format_help(prog: str, fields: Dict[str, Field], presets: Dict[str, Preset]) -> str:
     lines = [f"usage: python -m {prog} [preset=NAME] [key=value ...]", '',
              'Values are Python literals (3e-4, True, [(0, 0.), (1, 1.)]) or plain strings.', '',
              'presets:']
@@ -335,14 +318,6 @@ def format_help(prog: str, fields: Dict[str, Field], presets: Dict[str, 'Preset'
         opts = f"  [{' | '.join(f.options)}]" if f.options else ''
         lines.append(f"  {f.key:<26} {_type_name(f.type) if not f.options else 'option':<8} {default}{opts}")
     return '\n'.join(lines)
-
-
-@dataclass
-class Preset:
-    """Named settings: only what differs from the defaults, each with the reason in `reasons`."""
-    description: str
-    values: Dict[str, Any]
-    reasons: Dict[str, str] = field(default_factory=dict)
 
 
 def resolve(argv: List[str], family) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:

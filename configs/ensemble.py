@@ -15,10 +15,8 @@ import torch.nn.functional as F
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import between
-from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
-from configs.registry import Capabilities, Family
+from configs.registry import Capabilities, Family, between
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
 from evidential.models.ensemble import deep_ensemble, member_seeds
 from evidential.models.lenet import LeNet
@@ -78,7 +76,7 @@ FAMILY = Family(
     configs=EnsembleConfigs,
     description='deep ensemble: M LeNets trained together (a Packed-Ensemble with alpha = M, gamma = 1), softmaxes averaged',
     defaults={**SOFTMAX_DEFAULTS, 'model': 'lenet_ensemble', 'ensemble_size': 5},
-    presets=baseline_presets(EVIDENCE_PRESETS, ensemble_size=3),
+    presets=baseline_presets(ensemble_size=3),
     checks={**LENET_CHECKS, 'ensemble_size': between(1, 100)},
     label_keys=lambda values: ['ensemble_size'],
     label_names={'ensemble_size': 'M'},

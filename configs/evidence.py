@@ -14,14 +14,13 @@ import torch.nn as nn
 from labml import tracker
 from labml.configs import option
 
-from configs.cli import Preset, non_negative, positive
-from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, lenet_body
-from configs.registry import Capabilities, Family
+from configs.lenet import CHECKS as LENET_CHECKS, SMOKE, TRAINING_DEFAULTS, LeNetExperimentConfigs, \
+    kl_points_check, kl_schedule_options, lenet_body, reference_preset
+from configs.registry import Capabilities, Family, Preset, non_negative, positive
 from evidential.dirichlet import opinion
 from evidential.prediction import Prediction
 from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, on_exp_plateau
 from evidential.losses import LOSSES, kl_uniform_regulariser, outlier_regulariser
-from evidential.schedules import KL_SCHEDULES, make_kl_schedule, validate_piecewise_points
 
 
 class EvidenceConfigs(LeNetExperimentConfigs):
@@ -122,14 +121,6 @@ for _name, _fn in LOSSES.items():
     else:
         option(EvidenceConfigs.loss_func, _name)((lambda fn: lambda c: fn)(_fn))
 
-def kl_schedule_options(config_item) -> None:
-    """Registers every KL schedule (`evidential.schedules.KL_SCHEDULES`) as an option of `config_item`, a
-    `kl_schedule` key of a Configs class that also has `kl_div_coef_schedule` and `kl_coef`."""
-    for name in KL_SCHEDULES:
-        option(config_item, name)(
-            (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
-                                                     points=c.kl_div_coef_schedule, coef=c.kl_coef))(name))
-
 
 kl_schedule_options(EvidenceConfigs.kl_schedule)
 
@@ -141,7 +132,7 @@ option(EvidenceConfigs.model, 'lenet')(lenet_body)
 # with the reason (and source) next to it, and the command line overrides both.
 
 # Every option has an explicit default, so a run's configs.yaml always names what was used.
-# The defaults are the `tuned` preset below (issue 8): chosen on a held-out 10% of the training set.
+# The defaults are the `tuned` preset below: chosen on a held-out 10% of the training set.
 DEFAULTS = {
     'dataset': 'mnist',
     'model': 'lenet',
@@ -149,84 +140,37 @@ DEFAULTS = {
     'loss_func': 'cross_entropy_bayes_risk',
     'kl_schedule': 'constant',
     'kl_coef': 0.01,
-    'optimizer.optimizer': 'Adam',
-    'optimizer.learning_rate': 1e-3,
+    **TRAINING_DEFAULTS,
     'optimizer.weight_decay': 0.,
-    'lr_schedule': 'cosine',
-    'augment_shift': 2.,
-    'augment_rotate': 10.,
     'outlier_coef': 0.03,
-    'holdout': 0.1,
-    'epochs': 20,
 }
 
+# `labml` and `paper`: the evidential keys of the two references, on their LeNet settings (`configs.lenet.REFERENCES`)
 PRESETS = {
-    'labml': Preset(
-        "labml_nn's evidential MNIST tutorial (labml_nn/uncertainty/evidence/experiment.py)",
+    'labml': reference_preset(
+        'labml',
         {
             'loss_func': 'squared_error_bayes_risk',
             'outputs_to_evidence': 'softplus',
             'kl_schedule': 'piecewise',
             'kl_div_coef_schedule': [(0, 0.), (0.2, 0.01), (1, 1.)],
-            'optimizer.optimizer': 'Adam',
-            'optimizer.learning_rate': 1e-3,
-            'optimizer.weight_decay': 5e-3,
-            'dropout': 0.5,
-            'epochs': 10,
-            'train_batch_size': 64,
-            'holdout': 0.0,
-            'lr_schedule': 'constant',
-            'augment_shift': 0.,
-            'augment_rotate': 0.,
-            'outlier_coef': 0.,
         },
         {
             'loss_func': "main(): 'loss_func': 'squared_error_bayes_risk'",
             'outputs_to_evidence': "main(): 'outputs_to_evidence': 'softplus'",
             'kl_div_coef_schedule': 'Configs.kl_div_coef_schedule',
-            'optimizer.learning_rate': "main(): 'optimizer.learning_rate': 0.001",
-            'optimizer.weight_decay': "main(): 'optimizer.weight_decay': 0.005 (labml_nn Adam, decoupled)",
-            'dropout': "main(): 'dropout': 0.5",
-            'epochs': 'MNISTConfigs.epochs = 10',
-            'train_batch_size': "labml_nn MNISTConfigs train_batch_size = 64",
-            'holdout': 'labml_nn validates on the test set',
-            'lr_schedule': 'labml_nn keeps the learning rate constant',
-            'augment_shift': 'labml_nn does not augment',
-            'outlier_coef': 'labml_nn trains on MNIST only',
         }),
-    'paper': Preset(
-        'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
+    'paper': reference_preset(
+        'paper',
         {
             'loss_func': 'squared_error_bayes_risk',
             'outputs_to_evidence': 'relu',
             'kl_schedule': 'paper',
-            'optimizer.optimizer': 'Adam',
-            'optimizer.learning_rate': 1e-3,
-            'optimizer.weight_decay': 5e-3,
-            'dropout': 0.5,
-            'train_batch_size': 1000,
-            'epochs': 50,
-            'lr_schedule': 'constant',
-            'augment_shift': 0.,
-            'augment_rotate': 0.,
-            'outlier_coef': 0.,
-            'holdout': 0.0,
         },
         {
             'loss_func': 'Sec. 3: Eq. 5 (sum of squares) is the loss used in the experiments',
             'outputs_to_evidence': 'Sec. 3/4: ReLU output layer for non-negative evidence',
             'kl_schedule': 'Sec. 4: lambda_t = min(1, t/10), t the epoch index',
-            'optimizer.optimizer': 'Sec. 5: Adam',
-            'optimizer.learning_rate': "authors' TensorFlow notebook: Adam's default 1e-3",
-            'optimizer.weight_decay': "authors' notebook: L2 0.005 (here decoupled, as labml_nn's Adam does)",
-            'dropout': 'Sec. 5: LeNet with 500 hidden units and dropout',
-            'train_batch_size': "authors' notebook: batch size 1000",
-            'epochs': "authors' notebook: 50 epochs",
-            'lr_schedule': 'constant learning rate',
-            'augment_shift': 'no augmentation',
-            'augment_rotate': 'no augmentation',
-            'outlier_coef': 'the paper trains on MNIST only',
-            'holdout': 'the paper reports the test set; no model selection',
         }),
     'tuned': Preset(
         'the default: best uncertainty found on held-out data within ~2.5 CPU-minutes (see README)',
@@ -255,20 +199,8 @@ PRESETS = {
             'holdout': 'validate on 10% of the training set; the test set is only for the final figure',
             'epochs': '20 epochs: ~130 s on 2 CPU cores with the outliers; 40 gave the same accuracy with worse AURC',
         }),
-    'smoke': Preset(
-        'a few seconds: one small epoch, for tests and trying the pipeline',
-        {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2, 'holdout': 0.0,
-         'augment_shift': 0., 'augment_rotate': 0.},
-        {'epochs': 'one pass is enough to exercise every code path',
-         'holdout': 'validate on the (synthetic) test split: tiny sets have little to hold out'}),
+    'smoke': SMOKE,
 }
-
-
-def kl_points_check(v):
-    try:
-        validate_piecewise_points(v)
-    except ValueError as e:
-        return str(e)
 
 
 def _label_keys(values) -> List[str]:

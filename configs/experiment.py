@@ -26,10 +26,10 @@ from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split
 from evidential.prediction import Prediction
 from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
-from configs.torch_startup import skip_dynamo_import
+from configs.compat import declarations, skip_dynamo_import
 
 
-# every process that builds an experiment's optimizer: ~1.7 s of CPU less at start (configs/torch_startup.py)
+# every process that builds an experiment's optimizer: ~1.7 s of CPU less at start (`configs.compat`)
 skip_dynamo_import()
 
 
@@ -324,11 +324,11 @@ class MNISTExperimentConfigs(BaseConfigs):
     def resolve_configs(self):
         """
         Computes every configuration now. labml computes each one on first use and then rewrites the run's
-        `configs.yaml` (~50 ms each); a dozen of those inside the first epoch made it ~0.6 s slower than the
-        others and skewed its timing. (`_Configs__types` holds the declared keys in labml 0.5.3; `configs/cli.py`
-        reads it the same way.)
+        `configs.yaml` (~50 ms each); a dozen of those inside the first epoch would make it ~0.6 s slower than
+        the others and skew its timing.
         """
-        for key in self._Configs__types:
+        types, _, _ = declarations(self)
+        for key in types:
             getattr(self, key)
 
     def run(self, run_dir: Path, resume_state: Optional[dict] = None) -> Dict[str, float]:

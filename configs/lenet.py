@@ -6,20 +6,24 @@ ensembles): the `lenet` body and its dropout, light augmentation of training bat
 jigsaw outliers trained towards "don't know" (how each family pulls them is its `outlier_loss`).
 A family without these (a circuit on raw pixels, say) derives from `MNISTExperimentConfigs` directly.
 
-`TRAINING_KEYS` and `training_preset` let the baselines take the evidential experiment's training recipe,
-so a comparison of default runs differs only in what the model's outputs mean.
+What these families share besides: their training recipe (`TRAINING_DEFAULTS`, and the settings of the two
+reference set-ups, `REFERENCES`), so that a comparison of default runs differs only in what the model's
+outputs mean; the `smoke` preset; the range checks of the keys above (`CHECKS`); and the annealed KL term of
+the families that have one (`kl_schedule_options`, `kl_points_check`).
 """
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn as nn
 from labml import tracker
+from labml.configs import option
 
-from configs.cli import Preset
 from configs.experiment import MNISTExperimentConfigs
+from configs.registry import Preset
 from evidential.augment import random_affine
 from evidential.models.lenet import LeNet
 from evidential.outliers import jigsaw_outliers
+from evidential.schedules import KL_SCHEDULES, make_kl_schedule, validate_piecewise_points
 
 
 class LeNetExperimentConfigs(MNISTExperimentConfigs):
@@ -91,28 +95,129 @@ CHECKS = {
     'augment_rotate': lambda v: None if 0 <= v <= 180 else 'must be in [0, 180] degrees',
 }
 
-# The training recipe (optimizer, schedule, augmentation, holdout, epochs) that the baselines take from the
-# evidential experiment, so that a comparison of default runs differs only in what the model's outputs mean.
+# ---------------------------------------------------------------------- the training recipe
+
+# The keys of the training recipe (optimizer, schedule, augmentation, holdout, epochs, batch size, dropout): what
+# the LeNet families share, as opposed to what makes each one (loss, head, samples, members, outliers)
 TRAINING_KEYS = ('optimizer.optimizer', 'optimizer.learning_rate', 'optimizer.weight_decay', 'lr_schedule',
                  'augment_shift', 'augment_rotate', 'holdout', 'epochs', 'train_batch_size', 'dropout')
 
+#: The training recipe of every LeNet family's default run (chosen with evidence_mnist's `tuned` preset, whose
+#: reasons say why); weight decay is each family's own default
+TRAINING_DEFAULTS = {
+    'optimizer.optimizer': 'Adam',
+    'optimizer.learning_rate': 1e-3,
+    'lr_schedule': 'cosine',
+    'augment_shift': 2.,
+    'augment_rotate': 10.,
+    'holdout': 0.1,
+    'epochs': 20,
+}
 
-def training_defaults(defaults: Dict[str, Any]) -> Dict[str, Any]:
-    """`defaults` restricted to the training recipe (without weight decay: none, as usual for softmax models)."""
-    return {k: v for k, v in defaults.items() if k in TRAINING_KEYS and k != 'optimizer.weight_decay'}
+#: The LeNet keys of the two reference set-ups, each with its source. evidence_mnist's presets of the same names
+#: add the evidential keys (`reference_preset`); the other families take the training recipe (`baseline_presets`).
+REFERENCES = {
+    'labml': Preset(
+        "labml_nn's evidential MNIST tutorial (labml_nn/uncertainty/evidence/experiment.py)",
+        {
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'epochs': 10,
+            'train_batch_size': 64,
+            'holdout': 0.0,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
+            'outlier_coef': 0.,
+        },
+        {
+            'optimizer.learning_rate': "main(): 'optimizer.learning_rate': 0.001",
+            'optimizer.weight_decay': "main(): 'optimizer.weight_decay': 0.005 (labml_nn Adam, decoupled)",
+            'dropout': "main(): 'dropout': 0.5",
+            'epochs': 'MNISTConfigs.epochs = 10',
+            'train_batch_size': "labml_nn MNISTConfigs train_batch_size = 64",
+            'holdout': 'labml_nn validates on the test set',
+            'lr_schedule': 'labml_nn keeps the learning rate constant',
+            'augment_shift': 'labml_nn does not augment',
+            'outlier_coef': 'labml_nn trains on MNIST only',
+        }),
+    'paper': Preset(
+        'Sensoy, Kaplan & Kandemir, NeurIPS 2018 (EDL), MNIST experiment',
+        {
+            'optimizer.optimizer': 'Adam',
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.weight_decay': 5e-3,
+            'dropout': 0.5,
+            'train_batch_size': 1000,
+            'epochs': 50,
+            'lr_schedule': 'constant',
+            'augment_shift': 0.,
+            'augment_rotate': 0.,
+            'outlier_coef': 0.,
+            'holdout': 0.0,
+        },
+        {
+            'optimizer.optimizer': 'Sec. 5: Adam',
+            'optimizer.learning_rate': "authors' TensorFlow notebook: Adam's default 1e-3",
+            'optimizer.weight_decay': "authors' notebook: L2 0.005 (here decoupled, as labml_nn's Adam does)",
+            'dropout': 'Sec. 5: LeNet with 500 hidden units and dropout',
+            'train_batch_size': "authors' notebook: batch size 1000",
+            'epochs': "authors' notebook: 50 epochs",
+            'lr_schedule': 'constant learning rate',
+            'augment_shift': 'no augmentation',
+            'augment_rotate': 'no augmentation',
+            'outlier_coef': 'the paper trains on MNIST only',
+            'holdout': 'the paper reports the test set; no model selection',
+        }),
+}
+
+#: A few seconds of training, for every LeNet family
+SMOKE = Preset(
+    'a few seconds: one small epoch, for tests and trying the pipeline',
+    {'epochs': 1, 'train_batch_size': 32, 'valid_batch_size': 256, 'log_interval': 2, 'holdout': 0.0,
+     'augment_shift': 0., 'augment_rotate': 0.},
+    {'epochs': 'one pass is enough to exercise every code path',
+     'holdout': 'validate on the (synthetic) test split: tiny sets have little to hold out'})
 
 
-def training_preset(name: str, preset: Preset) -> Preset:
-    """Preset `name` of evidence_mnist restricted to the training recipe (no loss, head or KL settings)."""
+def reference_preset(name: str, values: Dict[str, Any], reasons: Dict[str, str]) -> Preset:
+    """Reference set-up `name` (`REFERENCES`) with a family's own `values` (listed first) and `reasons`."""
+    reference = REFERENCES[name]
+    return Preset(reference.description, {**values, **reference.values}, {**reasons, **reference.reasons})
+
+
+def training_preset(name: str) -> Preset:
+    """Reference set-up `name` restricted to the training recipe (no outliers, nor any family's own keys)."""
+    reference = REFERENCES[name]
     return Preset(f"the training settings of evidence_mnist preset={name}, for a like-for-like comparison",
-                  {k: v for k, v in preset.values.items() if k in TRAINING_KEYS},
-                  {k: v for k, v in preset.reasons.items() if k in TRAINING_KEYS})
+                  {k: v for k, v in reference.values.items() if k in TRAINING_KEYS},
+                  {k: v for k, v in reference.reasons.items() if k in TRAINING_KEYS})
 
 
-def baseline_presets(evidence_presets: Dict[str, Preset], **smoke_extra) -> Dict[str, Preset]:
+def baseline_presets(**smoke_extra) -> Dict[str, Preset]:
     """The `labml` and `paper` training recipes, and `smoke` with `smoke_extra` (e.g. fewer samples)."""
-    presets = {name: training_preset(name, evidence_presets[name]) for name in ('labml', 'paper')}
-    smoke = evidence_presets['smoke']
-    presets['smoke'] = Preset(smoke.description, {**smoke.values, **smoke_extra},
-                              {**smoke.reasons, **{k: 'enough to see the samples differ' for k in smoke_extra}})
+    presets = {name: training_preset(name) for name in ('labml', 'paper')}
+    presets['smoke'] = Preset(SMOKE.description, {**SMOKE.values, **smoke_extra},
+                              {**SMOKE.reasons, **{k: 'enough to see the samples differ' for k in smoke_extra}})
     return presets
+
+
+# ---------------------------------------------------------------------- the annealed KL term
+
+def kl_schedule_options(config_item) -> None:
+    """Registers every KL schedule (`evidential.schedules.KL_SCHEDULES`) as an option of `config_item`, a
+    `kl_schedule` key of a Configs class that also has `kl_div_coef_schedule` and `kl_coef`."""
+    for name in KL_SCHEDULES:
+        option(config_item, name)(
+            (lambda name: lambda c: make_kl_schedule(name, samples_per_epoch=len(c.dataset.train), epochs=c.epochs,
+                                                     points=c.kl_div_coef_schedule, coef=c.kl_coef))(name))
+
+
+def kl_points_check(v):
+    """The range check of `kl_div_coef_schedule`, the points of the `piecewise` KL schedule."""
+    try:
+        validate_piecewise_points(v)
+    except ValueError as e:
+        return str(e)

@@ -7,10 +7,8 @@ information (`evidential.prediction.sampled_prediction`).
 """
 import torch
 
-from configs.cli import between
-from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, baseline_presets
-from configs.registry import Capabilities, Family
+from configs.registry import Capabilities, Family, between
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS, SoftmaxConfigs
 from evidential.models.mc_dropout import mc_dropout_logits
 from evidential.prediction import Prediction, sampled_prediction
@@ -40,7 +38,7 @@ FAMILY = Family(
     configs=MCDropoutConfigs,
     description='MC dropout: the softmax LeNet with dropout kept on at test time, T passes averaged',
     defaults={**SOFTMAX_DEFAULTS, 'mc_samples': 20},
-    presets=baseline_presets(EVIDENCE_PRESETS, mc_samples=4),
+    presets=baseline_presets(mc_samples=4),
     checks={**LENET_CHECKS, 'mc_samples': between(1, 1000)},
     label_keys=lambda values: ['mc_samples', 'dropout'],
     label_names={'mc_samples': 'T'},

@@ -19,10 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import Preset, between
-from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
-from configs.registry import Capabilities, Family
+from configs.registry import Capabilities, Family, Preset, between
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
 from evidential.models.lenet import LeNet, LeNet5
 from evidential.models.packed import PackedEnsemble
@@ -85,7 +83,7 @@ option(PackedConfigs.model, 'lenet')(lambda c: packed(c, LeNet))
 DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet5', 'alpha': 2.0, 'num_estimators': 4, 'gamma': 1, 'dropout': 0.0}
 
 PRESETS = {
-    **baseline_presets(EVIDENCE_PRESETS, num_estimators=2),
+    **baseline_presets(num_estimators=2),
     'torch_uncertainty': Preset(
         "TorchUncertainty's Packed-Ensembles MNIST tutorial (auto_tutorials/Classification/tutorial_pe_mnist)",
         {'model': 'lenet5', 'alpha': 2.0, 'num_estimators': 4, 'gamma': 1, 'dropout': 0.0,

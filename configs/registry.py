@@ -51,6 +51,29 @@ class Capabilities:
 Check = Callable[[Any], Optional[str]]
 
 
+def positive(v): return None if v > 0 else 'must be > 0'
+def non_negative(v): return None if v >= 0 else 'must be >= 0'
+def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
+
+
+def one_of(choices) -> Check:
+    """A check for a name among `choices`."""
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def between(lo, hi) -> Check:
+    """A check for a count in `[lo, hi]` (families bound their own counts: members, samples, voters)."""
+    return lambda v: None if lo <= v <= hi else f'must be in [{lo:,}, {hi:,}]'
+
+
+@dataclass
+class Preset:
+    """Named settings: only what differs from the defaults, each with the reason in `reasons`."""
+    description: str
+    values: Dict[str, Any]
+    reasons: Dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything the app needs to know about one family of models."""
@@ -62,8 +85,8 @@ class Family:
     description: str
     # Values every run starts from (every option has an explicit default, so configs.yaml names what was used)
     defaults: Dict[str, Any]
-    # Named presets: `configs.cli.Preset`, only what each changes, with reasons
-    presets: Dict[str, Any] = field(default_factory=dict)
+    # Named presets: only what each changes, with reasons
+    presets: Dict[str, Preset] = field(default_factory=dict)
     # Range checks of this family's keys, on top of the shared ones (`configs.cli.CHECKS`)
     checks: Dict[str, Check] = field(default_factory=dict)
     # Saved values → the settings that tell this family's runs apart in `compare` (beyond the shared ones)

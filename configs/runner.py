@@ -25,6 +25,7 @@ from configs import registry
 from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, find_run, \
     first_write_error, load_checkpoint, load_values, save_values, training_pid
 from configs.cli import UsageError, check, resolve
+from configs.compat import set_values, tolerate_concurrent_starts, use_lab_file
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
 # Keys that may differ when a run is resumed (everything else is taken from the run): those that do not change
@@ -56,9 +57,7 @@ def use_project_folder(start: Optional[Path] = None) -> Optional[Path]:
     for folder in (here, *here.parents):
         if (folder / '.labml.yaml').is_file():
             # labml's `experiment.create(python_file=...)` sets its path from this file
-            lab.get_path()  # creates labml's lab singleton, which `set_path` needs
-            from labml.internal.lab import lab_singleton
-            lab_singleton().set_path(str(folder / '.labml.yaml'))
+            use_lab_file(folder / '.labml.yaml')
             return folder / '.labml.yaml'
     return None
 
@@ -129,39 +128,6 @@ def prepare(family: registry.Family, argv: List[str],
 
 def run_folder(prepared: Prepared) -> Path:
     return Path(lab.get_experiments_path()) / prepared.family.name / experiment.get_uuid()
-
-
-def _get_projects_tolerating_other_runs(self) -> set:
-    """labml 0.5.3's `Computer.get_projects` (it lists `~/.labml/projects/*.txt` and deletes the entries of
-    projects that no longer exist), tolerating entries that another process deletes meanwhile: with many runs
-    starting at once (a sweep), two of them deleting the same stale entry made the second one die in
-    `experiment.start()` with `FileNotFoundError` (`tests/test_runner_labml.py`)."""
-    projects, to_remove = set(), []
-    for p in self.projects_folder.iterdir():
-        try:
-            project_path = p.read_text()
-        except FileNotFoundError:
-            continue
-        if project_path in projects or not Path(project_path).exists():
-            to_remove.append(p)
-        else:
-            projects.add(project_path)
-    for p in to_remove:
-        p.unlink(missing_ok=True)
-    return projects
-
-
-#: labml's own `Computer.get_projects`, once replaced (the test checks that it still needs the replacement)
-LABML_GET_PROJECTS: Optional[Callable] = None
-
-
-def tolerate_concurrent_starts():
-    """Installs `_get_projects_tolerating_other_runs` in place of labml's (idempotent)."""
-    global LABML_GET_PROJECTS
-    from labml.internal.computer.configs import Computer
-    if Computer.get_projects is not _get_projects_tolerating_other_runs:
-        LABML_GET_PROJECTS = Computer.get_projects
-        Computer.get_projects = _get_projects_tolerating_other_runs
 
 
 def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
@@ -235,7 +201,7 @@ def load_trained(run: str, *, data_dir: Optional[str] = None, device: Optional[s
     state = load_checkpoint(run_dir)
     conf = family.configs()
     # The same path `experiment.configs` takes, without creating a labml run
-    conf._set_values(values)
+    set_values(conf, values)
     from torch import Generator
     conf.restore(state, Generator())
     conf.model.eval()

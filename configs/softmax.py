@@ -12,9 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.evidence import DEFAULTS as EVIDENCE_DEFAULTS, PRESETS as EVIDENCE_PRESETS
-from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets, lenet_body, \
-    training_defaults
+from configs.lenet import CHECKS as LENET_CHECKS, TRAINING_DEFAULTS, LeNetExperimentConfigs, baseline_presets, \
+    lenet_body
 from configs.registry import Family
 from evidential.outliers import uniform_to_softmax_kl
 from evidential.prediction import Prediction
@@ -44,15 +43,14 @@ class SoftmaxConfigs(LeNetExperimentConfigs):
 
 option(SoftmaxConfigs.model, 'lenet')(lenet_body)
 
-#: The evidential default's training recipe, no weight decay (as usual for softmax baselines)
-DEFAULTS = {'dataset': 'mnist', 'model': 'lenet', 'optimizer.optimizer': 'Adam', 'optimizer.learning_rate': 1e-3,
-            'optimizer.weight_decay': 0.0, **training_defaults(EVIDENCE_DEFAULTS)}
+#: The LeNet families' training recipe, no weight decay (as usual for softmax baselines)
+DEFAULTS = {'dataset': 'mnist', 'model': 'lenet', **TRAINING_DEFAULTS, 'optimizer.weight_decay': 0.0}
 
 FAMILY = Family(
     name='softmax_mnist',
     configs=SoftmaxConfigs,
     description='cross-entropy LeNet, p = softmax(z)',
     defaults=DEFAULTS,
-    presets=baseline_presets(EVIDENCE_PRESETS),
+    presets=baseline_presets(),
     checks=LENET_CHECKS,
 )

@@ -15,10 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import Preset, between
-from configs.evidence import PRESETS as EVIDENCE_PRESETS
 from configs.lenet import CHECKS as LENET_CHECKS, LeNetExperimentConfigs, baseline_presets
-from configs.registry import Capabilities, Family
+from configs.registry import Capabilities, Family, Preset, between
 from configs.softmax import DEFAULTS as SOFTMAX_DEFAULTS
 from evidential.models.convmod import ConvMod
 from evidential.models.lenet import LeNet
@@ -84,7 +82,7 @@ option(VoteConfigs.model, 'convmod')(lambda c: voters(c, ConvMod))
 DEFAULTS = {**SOFTMAX_DEFAULTS, 'model': 'lenet', 'n_voters': 8}
 
 PRESETS = {
-    **baseline_presets(EVIDENCE_PRESETS, n_voters=4),
+    **baseline_presets(n_voters=4),
     'capsa': Preset(
         "capsa's vote-wrapper MNIST tutorial (vote.Wrapper(n_voters=8) around its ConvMod), as this app implements it",
         {'model': 'convmod', 'n_voters': 8, 'train_batch_size': 128, 'optimizer.optimizer': 'Adam',

@@ -26,6 +26,10 @@ class DataError(RuntimeError):
     """A data file is missing, truncated or corrupt; the message names the file and what to do."""
 
 
+class DataFilesMissing(DataError):
+    """The files of a dataset are not in the data folder (and were not, or could not be, downloaded)."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -113,12 +117,12 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
     images_file, labels_file = _raw_files(spec, root, train)
     if not (images_file.exists() and labels_file.exists()):
         if not download:
-            raise DataError(f"{spec.name} files not found: expected {images_file} and {labels_file} "
+            raise DataFilesMissing(f"{spec.name} files not found: expected {images_file} and {labels_file} "
                             f"(point the data folder at the one that holds {spec.folder}/raw)")
         try:
             spec.torchvision_class(str(root), train=train, download=True)
         except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... per mirror
-            raise DataError(
+            raise DataFilesMissing(
                 f"{spec.name} files not found under {images_file.parent} and the download failed "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Put the uncompressed IDX files "
                 f"({images_file.name}, {labels_file.name}) in {images_file.parent}, "
@@ -190,16 +194,25 @@ def holdout_split(train: TensorSplit, fraction: float, seed: int) -> Tuple[Tenso
     return TensorSplit(train.images[order[n_valid:]], train.labels[order[n_valid:]]), valid
 
 
+class DeviceError(ValueError):
+    """A device name torch knows that cannot be used here: `device={name}: {reason}`."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"device={name}: {reason}")
+        self.reason = reason
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:N` as given (checked)."""
+    """`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:N` as given (checked). Raises `DeviceError`,
+    or torch's `RuntimeError` for a name that is no device at all."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     device = torch.device(name)
     if device.type == 'cuda':
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
+            raise DeviceError(name, "CUDA is not available on this machine; use device=cpu or device=auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise DeviceError(name, f"only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != 'cpu':
-        raise ValueError(f"device={name}: use auto, cpu, cuda or cuda:N")
+        raise DeviceError(name, "use auto, cpu, cuda or cuda:N")
     return device

@@ -40,11 +40,6 @@ class Opinion:
     def n_classes(self) -> int:
         return self.alpha.shape[-1]
 
-    @property
-    def belief(self) -> torch.Tensor:
-        r"""$b_k = e_k / S$; $u + \sum_k b_k = 1$."""
-        return self.evidence / self.strength.unsqueeze(-1)
-
 
 def opinion(evidence: torch.Tensor, prior_weight: float = 1.) -> Opinion:
     r"""

@@ -72,11 +72,3 @@ EVIDENCE_HEADS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'exp': exp_evidence,
     'exp_linear': exp_linear_evidence,
 }
-
-
-def evidence_head(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The evidence function called `name`; raises `ValueError` listing the valid names."""
-    try:
-        return EVIDENCE_HEADS[name]
-    except KeyError:
-        raise ValueError(f"unknown evidence head {name!r}; valid: {', '.join(EVIDENCE_HEADS)}") from None

@@ -173,11 +173,3 @@ LOSSES: Dict[str, LossFunction] = {
     'relaxed_squared_error': relaxed_squared_error,
     'fisher_information_loss': fisher_information_loss,
 }
-
-
-def loss_function(name: str) -> LossFunction:
-    """The loss called `name`; raises `ValueError` listing the valid names."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None

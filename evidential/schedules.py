@@ -11,14 +11,13 @@ step), so it advances smoothly within an epoch, whatever the batch size:
 
 * **paper**: $\lambda_t = \min(1, t / 10)$ with $t$ the (fractional) epoch, Sensoy et al. (2018), Sec. 4.
 * **piecewise**: linear between points $(\text{fraction of training}, \lambda)$; labml_nn's tutorial
-  uses $[(0, 0), (0.2, 0.01), (1, 1)]$. Built on labml_nn's `RelativePiecewise`
-  (a plain-Python helper; it imports nothing from labml).
+  uses $[(0, 0), (0.2, 0.01), (1, 1)]$. The same numbers as labml_nn's `RelativePiecewise`, which that
+  tutorial uses (`tests/test_evidential_math.py` compares them), written here: `evidential/` is tensor code
+  without labml_nn.
 * **constant**: $\lambda_t = c$.
 * **off**: $\lambda_t = 0$.
 """
 from typing import Callable, Dict, List, Sequence, Tuple
-
-from labml_nn.helpers.schedule import RelativePiecewise
 
 KLSchedule = Callable[[int], float]
 
@@ -42,9 +41,21 @@ def validate_piecewise_points(points: Sequence[Tuple[float, float]]) -> List[Tup
 
 
 def piecewise_schedule(points: Sequence[Tuple[float, float]], total_samples: int) -> KLSchedule:
-    r"""$\lambda$ interpolated linearly between `points` given as fractions of `total_samples`, capped at 1."""
-    schedule = RelativePiecewise(validate_piecewise_points(points), total_samples)
-    return lambda samples_seen: min(1., float(schedule(samples_seen)))
+    r"""$\lambda$ interpolated linearly between `points` given as fractions of `total_samples`, capped at 1; the
+    last point's value after it (and before the first)."""
+    pts = validate_piecewise_points(points)
+    # fractions → sample counts, rounded down (as labml_nn's `RelativePiecewise`)
+    ends = [(int(total_samples * x), y) for x, y in pts]
+    after = pts[-1][1]
+
+    def schedule(samples_seen: int) -> float:
+        for (x1, y1), (x2, y2) in zip(ends[:-1], ends[1:]):
+            if x1 <= samples_seen < x2:
+                # $\lambda = y_1 + \frac{t - x_1}{x_2 - x_1} (y_2 - y_1)$
+                return min(1., float(y1 + float(samples_seen - x1) / (x2 - x1) * (y2 - y1)))
+        return min(1., float(after))
+
+    return schedule
 
 
 def paper_schedule(samples_per_epoch: int, annealing_epochs: float = 10.) -> KLSchedule:

@@ -25,7 +25,7 @@ points between seeds, more than the two contenders differ).
   against TorchUncertainty's own tutorial code (`experiments.references.torch_uncertainty`: `MNISTDataModule`,
   `packed_lenet`, `ClassificationRoutine`, `TUTrainer`), batch 512 and 3 epochs by default. The reference needs
   lightning and TorchUncertainty, which conflict with this project's pins, so it runs under another interpreter:
-  `--reference-python PATH` (default `$TU_PYTHON`, else `/work/venvs/tu/bin/python` where it exists). Last line
+  `--reference-python PATH`, or the environment variable `TU_PYTHON` (nothing else is looked for). Last line
   `speedup_vs_torch_uncertainty: X.XX`.
 * `--family bayes`: this app's Bayesian LeNet (`bayes_mnist` defaults, trained on the whole training set
   without augmentation: `holdout=0 augment_shift=0 augment_rotate=0`) against the same model written in Pyro
@@ -153,17 +153,17 @@ def _bayes_evaluate(conf, split, samples: int):
     return pred, pred.probs.argmax(-1) == split.labels
 
 
-TU_VENV = Path('/work/venvs/tu')
-TU_BUILD_HINT = ('python -m venv --system-site-packages /work/venvs/tu && /work/venvs/tu/bin/pip install '
+#: The environment variable naming the TorchUncertainty reference's interpreter (when `--reference-python` does not)
+TU_PYTHON_ENV = 'TU_PYTHON'
+TU_BUILD_HINT = ('python -m venv --system-site-packages VENV && VENV/bin/pip install '
                  '"torch-uncertainty[cpu]==0.13.0" "scikit-learn>=1.5,<1.7,!=1.6.0"')
 
 
 def reference_python(explicit: str = None) -> str:
-    """The interpreter of the TorchUncertainty reference: `explicit`, else `$TU_PYTHON`, else the venv at
-    `/work/venvs/tu` where it exists. Raises `BenchmarkError` (saying how to build one) when there is none or it
-    lacks TorchUncertainty or lightning."""
-    candidate = explicit or os.environ.get('TU_PYTHON') or (
-        str(TU_VENV / 'bin' / 'python') if (TU_VENV / 'bin' / 'python').exists() else None)
+    """The interpreter of the TorchUncertainty reference: `explicit` (`--reference-python`), else `$TU_PYTHON`.
+    Raises `BenchmarkError` (saying how to build one) when there is none or it lacks TorchUncertainty or
+    lightning."""
+    candidate = explicit or os.environ.get(TU_PYTHON_ENV, '').strip() or None
     if not candidate:
         raise BenchmarkError("--family packed runs TorchUncertainty's tutorial code with another interpreter "
                              "(lightning and TorchUncertainty conflict with this project's pins), and none was "
@@ -180,6 +180,14 @@ def reference_python(explicit: str = None) -> str:
                              f"(exit {check.returncode}{': ' + check.stderr.strip()[-300:] if check.stderr.strip() else ''}); "
                              f"build one with: {TU_BUILD_HINT}")
     return candidate
+
+
+def _lab_data_path() -> str:
+    """labml's data folder, where training looks when `data_dir` is not given."""
+    from labml import lab
+    from configs.runner import use_project_folder
+    use_project_folder()
+    return str(lab.get_data_path())
 
 
 def _best(runs):
@@ -203,8 +211,9 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], prog='python -m experiments.benchmark')
     p.add_argument('--family', choices=list(FAMILY_DEFAULTS), default='evidence',
                    help='evidence (default): labml_nn; packed: TorchUncertainty; bayes: Pyro')
-    p.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data'),
-                   help='folder holding MNIST/raw (default: ../shared/data)')
+    p.add_argument('--data-dir', default=None,
+                   help="folder holding MNIST/raw (default: labml's data folder, `data_path` of the nearest "
+                        ".labml.yaml, as for training)")
     p.add_argument('--epochs', type=int, default=None, help='default: 1 (evidence, bayes), 3 (packed)')
     p.add_argument('--batch-size', type=int, default=None, help='default: 64 (evidence, bayes), 512 (packed)')
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
@@ -213,7 +222,7 @@ def _main(argv=None) -> int:
     p.add_argument('--seed', type=int, default=0, help='seed of the first run of both contenders (default 0)')
     p.add_argument('--reference-python', default=None,
                    help='--family packed: the interpreter with TorchUncertainty and lightning '
-                        '(default: $TU_PYTHON, else /work/venvs/tu/bin/python)')
+                        f'(default: the environment variable {TU_PYTHON_ENV})')
     p.add_argument('--mc-samples', type=int, default=30, help='--family bayes: sampled networks per prediction')
     p.add_argument('--test-images', type=int, default=0,
                    help='--family bayes: score the first N test images only (default 0: all)')
@@ -228,7 +237,7 @@ def _main(argv=None) -> int:
         p.error('--mc-samples must be >= 1 and --test-images >= 0')
 
     # The contenders run in a temporary folder: a relative --data-dir means the caller's folder
-    args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    args.data_dir = str(Path(args.data_dir if args.data_dir is not None else _lab_data_path()).expanduser().resolve())
     if args.child == 'ours':
         print(json.dumps(ours(args.data_dir, args.epochs, args.batch_size, args.device, args.seed, args.family,
                               args.mc_samples, args.test_images)))

@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from configs.checkpoint import CheckpointError
     from configs.cli import UsageError
-    from evidential.data import DataError
+    from evidential.data import DataError, DataFilesMissing
     from experiments.evaluation.core import evaluate
     from experiments.evaluation.output import EvaluateWriteError, format_table
     try:
@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        allow_running=args.allow_running)
     except DataError as e:
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
-                if 'files not found' in str(e) else '')
+                if isinstance(e, DataFilesMissing) else '')
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except EvaluateWriteError as e:  # disk full, I/O error: nothing half-written is left

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributions import Categorical
 
 from configs.checkpoint import load_checkpoint
 from configs.cli import schema
+from configs.compat import set_values
 from configs.ensemble import EnsembleConfigs, FAMILY as ENSEMBLE
 from configs.evidence import DEFAULTS as EVIDENCE_DEFAULTS, EvidenceConfigs
 from configs.mc_dropout import MCDropoutConfigs
@@ -57,6 +59,13 @@ def baselines(tmp_path_factory, synthetic_data_dir):
     return trained_baselines(tmp_path_factory, synthetic_data_dir)
 
 
+def independent_mutual_information(logits: torch.Tensor) -> torch.Tensor:
+    """`[S, N, K]` logits → `[N]`: the entropy of the mean minus the mean of the entropies, by
+    `torch.distributions` in float64 and unclamped (not `evidential.prediction`'s code)."""
+    probs = logits.double().softmax(-1)
+    return Categorical(probs=probs.mean(0)).entropy() - Categorical(probs=probs).entropy().mean(0)
+
+
 def _load(run: Path):
     _, conf, _, state = load_trained(str(run))
     return conf, state
@@ -84,9 +93,11 @@ def test_baseline_trains_checkpoints_and_reloads(name, baselines, monkeypatch):
     if name == 'softmax_mnist':
         assert not pred.scores
     else:
-        mutual_information = pred.scores['mutual_information']
-        assert mutual_information.shape == (256,) and (mutual_information >= 0).all()
-        assert (mutual_information > 0).any()
+        outputs = conf.evaluate_outputs(conf.dataset.test)  # one set of samples for both computations
+        mutual_information = conf.predict(outputs).scores['mutual_information']
+        expected = independent_mutual_information(outputs)
+        assert mutual_information.shape == (256,) and (expected > 1e-3).any()
+        torch.testing.assert_close(mutual_information.double(), expected, rtol=1e-4, atol=1e-5)
         # tracked during validation like the other uncertainty distributions
         log = (run / 'log.jsonl').read_text()
         assert 'mutual_information.q50' in log
@@ -199,7 +210,9 @@ def test_mc_dropout_samples_differ_at_test_time(baselines, monkeypatch):
     assert not torch.allclose(first, second)  # two calls
     p1, p2 = conf.predict(first), conf.predict(second)
     assert not torch.allclose(p1.probs, p2.probs)
-    assert (p1.scores['mutual_information'] >= 0).all() and (p1.scores['mutual_information'] > 0).any()
+    expected = independent_mutual_information(first)
+    assert (expected > 1e-3).any()
+    torch.testing.assert_close(p1.scores['mutual_information'].double(), expected, rtol=1e-4, atol=1e-5)
     # only the dropout modules were in train mode, and every mode is restored
     assert not any(m.training for m in conf.model.modules())
     # the same network without sampling (`lenet` after the same training) gives other probabilities
@@ -210,7 +223,7 @@ def test_mc_dropout_samples_differ_at_test_time(baselines, monkeypatch):
 
 def test_mc_dropout_one_sample_without_dropout_is_a_plain_eval_forward(synthetic_data_dir):
     conf = MCDropoutConfigs()
-    conf._set_values({'data_dir': str(synthetic_data_dir), 'dataset': 'mnist', 'model': 'lenet', 'device': 'cpu',
+    set_values(conf, {'data_dir': str(synthetic_data_dir), 'dataset': 'mnist', 'model': 'lenet', 'device': 'cpu',
                       'mc_samples': 1, 'dropout': 0.0})
     test = conf.dataset.test
     outputs = conf.evaluate_outputs(test)
@@ -253,7 +266,8 @@ def test_sampled_prediction_mutual_information():
     assert sampled_prediction(agree).scores['mutual_information'].item() == pytest.approx(0., abs=1e-6)
     assert sampled_prediction(disagree).scores['mutual_information'].item() == pytest.approx(np.log(2), abs=1e-5)
     random = torch.randn(7, 100, 10) * 3
-    assert (sampled_prediction(random).scores['mutual_information'] >= 0).all()
+    torch.testing.assert_close(sampled_prediction(random).scores['mutual_information'].double(),
+                               independent_mutual_information(random), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- command line

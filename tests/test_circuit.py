@@ -123,15 +123,6 @@ def test_missing_pixel_value_is_ignored_and_masks_are_per_sample(circuit):
     assert torch.allclose(a, rows, atol=1e-12)
 
 
-def test_class_posterior_is_bayes_rule(circuit):
-    x = all_images()[:4]
-    with torch.no_grad():
-        lj = circuit.log_joint(x)
-        prior = torch.tensor([0.3, 0.7], dtype=lj.dtype).log()
-        post = circuit.class_log_posterior(x, log_prior=prior)
-    assert torch.allclose(post, (lj + prior) - (lj + prior).logsumexp(-1, keepdim=True))
-
-
 def test_rejects_bad_inputs(circuit):
     with pytest.raises(ValueError):
         circuit.log_joint(torch.rand(2, H * W))                                  # floats, not pixel values

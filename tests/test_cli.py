@@ -2,7 +2,7 @@
 process runs (in process, fast), and a few of them, `--help` and missing data as real processes."""
 import pytest
 
-from configs.cli import UsageError, coerce, parse_argv, parse_literal, schema, validate
+from configs.cli import UsageError, check, coerce, parse_argv, parse_literal, schema, validate
 from configs.evidence import EvidenceConfigs
 from configs.evidence import DEFAULTS, PRESETS
 from experiments.evidence_mnist import main
@@ -108,3 +108,14 @@ def test_presets_are_valid_and_documented():
         assert preset.description
     # the paper preset cites a source for every value it sets
     assert set(PRESETS['paper'].reasons) == set(PRESETS['paper'].values)
+
+
+def test_device_problems_are_told_apart_by_the_error_type():
+    """`evidential.data.DeviceError` (a device torch knows, unusable here) says why; torch's own error, that the name
+    is no device at all."""
+    with pytest.raises(UsageError, match=r"^device='mps': use auto, cpu, cuda or cuda:N$"):
+        check('device', 'mps')
+    with pytest.raises(UsageError, match=r"^device='foo': is not a device \("):
+        check('device', 'foo')
+    with pytest.raises(UsageError, match=r"^device='cuda:99': (CUDA is not available|only \d+ CUDA device)"):
+        check('device', 'cuda:99')

@@ -187,7 +187,7 @@ def seed_runs(tmp_path_factory, synthetic_data_dir):
     """Three evaluated evidential smoke runs: seeds 1 and 2 of one setting, and seed 1 with dropout 0.25."""
     from experiments import evaluate
     from experiments.evidence_mnist import main as train
-    from labml.internal.monitor import monitor_singleton
+    from configs.compat import silence_monitor
     from tests.test_baselines import LABML_YAML
     project = tmp_path_factory.mktemp('seeds')
     (project / '.labml.yaml').write_text(LABML_YAML)
@@ -203,7 +203,7 @@ def seed_runs(tmp_path_factory, synthetic_data_dir):
                 assert evaluate.main([run.name, '--fgsm-samples', '0', '--missing-samples', '64',
                                       '--device', 'cpu']) == 0
         finally:
-            monitor_singleton().silent(False)  # evaluate silences labml's monitor
+            silence_monitor(False)  # evaluate silences labml's monitor
     return project, runs
 
 

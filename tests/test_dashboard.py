@@ -1,4 +1,4 @@
-"""Dashboard (issue 4): the labml app on a file store, fed by real runs, read back over HTTP and in a browser.
+"""Dashboard: the labml app on a file store, fed by real runs, read back over HTTP and in a browser.
 
 Real processes throughout: `python -m experiments.dashboard` on a free loopback port, and
 `python -m experiments.evidence_mnist preset=smoke` (or the small stand-in

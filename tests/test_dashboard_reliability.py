@@ -1,4 +1,4 @@
-"""The dashboard under load and faults (issue 21), with real processes on 127.0.0.1 only.
+"""The dashboard under load and faults, with real processes on 127.0.0.1 only.
 
 * load (`@pytest.mark.load`; `-m 'not load'` skips it locally): 16 concurrent smoke runs report to one
   dashboard; afterwards each run's series there has exactly the points of its local `log.jsonl`; peak RSS and

@@ -1,11 +1,14 @@
-"""The IDX reader against torchvision's own (the oracle), and that training no longer imports torchvision."""
+"""The IDX reader against torchvision's own (the oracle), its errors, and that loading data for training does not
+import torchvision."""
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 import torchvision
 
-from evidential.data import DATASETS, load_split
+from evidential.data import DATASETS, DataError, DataFilesMissing, load_split
 from tests.conftest import ROOT
 
 
@@ -37,3 +40,14 @@ def test_loading_data_for_training_does_not_import_torchvision(synthetic_data_di
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == 'False'
+
+
+def test_missing_files_are_told_apart_from_corrupt_ones(tmp_path, synthetic_data_dir):
+    """Evaluation skips a default OOD set whose files are missing, but stops on a corrupt one: by the error's type."""
+    with pytest.raises(DataFilesMissing, match='^mnist files not found: expected '):
+        load_split('mnist', tmp_path / 'empty', train=False, download=False)
+    shutil.copytree(synthetic_data_dir / 'MNIST', tmp_path / 'corrupt' / 'MNIST')
+    (tmp_path / 'corrupt' / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte').write_bytes(b'\0\0')
+    with pytest.raises(DataError, match='truncated IDX') as error:
+        load_split('mnist', tmp_path / 'corrupt', train=False, download=False)
+    assert not isinstance(error.value, DataFilesMissing)

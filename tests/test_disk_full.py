@@ -1,4 +1,4 @@
-"""Disks fill up and fail (issue 21): real processes whose writes fail with ENOSPC or EIO.
+"""Disks fill up and fail: real processes whose writes fail with ENOSPC or EIO.
 
 * a full disk: the run folder on a small tmpfs (`mount -t tmpfs`, when this user may mount; otherwise the
   same failure is injected), filled up while the run trains;

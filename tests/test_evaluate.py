@@ -300,3 +300,20 @@ def test_exp_plateau_is_noted(workdir, synthetic_data_dir, monkeypatch):
     line = next(x for x in r.stdout.splitlines() if 'clamp of the exp head' in x)
     assert line.startswith(f'note: {shares[0]:.1%} of the test images have a top logit at or above 10')
     assert line[len('note: '):] in json.loads((runs[0] / 'evaluation.json').read_text())['notes']
+
+
+def test_default_ood_set_is_skipped_when_missing_and_an_error_when_corrupt(tmp_path, synthetic_data_dir):
+    import shutil
+    from types import SimpleNamespace
+    from evidential.data import DataError
+    from experiments.evaluation.inputs import default_ood
+    conf = SimpleNamespace(dataset=SimpleNamespace(name='mnist'), data_dir=str(tmp_path))
+    shutil.copytree(synthetic_data_dir / 'MNIST', tmp_path / 'MNIST')
+    sets, notes = default_ood(conf)
+    assert sets == {} and len(notes) == 1 and notes[0].startswith('fashion_mnist skipped: fashion_mnist files not found')
+    shutil.copytree(synthetic_data_dir / 'FashionMNIST', tmp_path / 'FashionMNIST')
+    sets, notes = default_ood(conf)
+    assert list(sets) == ['fashion_mnist'] and sets['fashion_mnist'].shape == (256, 28, 28) and notes == []
+    (tmp_path / 'FashionMNIST' / 'raw' / 't10k-labels-idx1-ubyte').write_bytes(b'\0')
+    with pytest.raises(DataError, match='truncated IDX'):
+        default_ood(conf)

@@ -7,9 +7,9 @@ from torch.distributions import Dirichlet, kl_divergence
 
 from evidential.dirichlet import opinion
 from evidential.prediction import categorical_entropy as entropy
-from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT, evidence_head
-from evidential.losses import (LOSSES, cross_entropy_bayes_risk, kl_uniform_regulariser, loss_function,
-                               max_likelihood_loss, squared_error_bayes_risk)
+from evidential.heads import EVIDENCE_HEADS, EXP_MAX_LOGIT
+from evidential.losses import (LOSSES, cross_entropy_bayes_risk, kl_uniform_regulariser, max_likelihood_loss,
+                               squared_error_bayes_risk)
 from evidential.schedules import make_kl_schedule, validate_piecewise_points
 
 
@@ -20,7 +20,8 @@ def test_opinion_by_hand():
     assert torch.allclose(o.strength, torch.tensor([6.]))
     assert torch.allclose(o.expected_probability, torch.tensor([[1 / 2, 1 / 6, 1 / 3]]))
     assert torch.allclose(o.uncertainty_mass, torch.tensor([0.5]))
-    assert torch.allclose(o.belief.sum(-1) + o.uncertainty_mass, torch.tensor([1.]))
+    # the belief masses b_k = e_k / S and u add up to 1
+    assert torch.allclose((o.evidence / o.strength[:, None]).sum(-1) + o.uncertainty_mass, torch.tensor([1.]))
     assert o.n_classes == 3
 
 
@@ -75,7 +76,7 @@ def test_bayes_risks_match_monte_carlo(name):
         mc = _monte_carlo(evidence, labels, lambda p, y: -(y * p.clamp_min(1e-300).log()).sum(-1))
     else:
         mc = _monte_carlo(evidence, labels, lambda p, y: ((y - p) ** 2).sum(-1))
-    assert loss_function(name)(evidence, labels).item() == pytest.approx(mc.item(), rel=1e-2)
+    assert LOSSES[name](evidence, labels).item() == pytest.approx(mc.item(), rel=1e-2)
 
 
 def test_type_ii_likelihood_matches_monte_carlo():
@@ -105,7 +106,7 @@ def test_losses_by_hand():
 def test_gradients_finite_for_extreme_evidence(head, loss):
     logits = torch.tensor([[-1e4, 0., 1e4, 50.], [1e-8, -30., 88., 1e6]], requires_grad=True)
     labels = torch.tensor([2, 0])
-    evidence = evidence_head(head)(logits)
+    evidence = EVIDENCE_HEADS[head](logits)
     fn = kl_uniform_regulariser if loss == 'kl' else LOSSES[loss]
     value = fn(evidence, labels)
     value.backward()
@@ -114,7 +115,7 @@ def test_gradients_finite_for_extreme_evidence(head, loss):
 
 
 def test_exp_head_is_clamped():
-    e = evidence_head('exp')(torch.tensor([0., 5., 1e4]))
+    e = EVIDENCE_HEADS['exp'](torch.tensor([0., 5., 1e4]))
     assert e[0] == 1. and e[1] == pytest.approx(math.exp(5), rel=1e-6)
     assert e[2] == pytest.approx(math.exp(EXP_MAX_LOGIT), rel=1e-6)
 
@@ -123,7 +124,7 @@ def test_exp_linear_head_is_exp_then_its_tangent_line():
     c = EXP_MAX_LOGIT
     z = torch.tensor([-30., 0., 5., c - 1e-3, c, c + 1e-3, c + 1., c + 6., 1e6], dtype=torch.float64,
                      requires_grad=True)
-    e = evidence_head('exp_linear')(z)
+    e = EVIDENCE_HEADS['exp_linear'](z)
     e.sum().backward()
     # exp up to c, e^c (1 + z - c) above (values worked out by hand)
     for i in range(5):
@@ -137,7 +138,7 @@ def test_exp_linear_head_is_exp_then_its_tangent_line():
     assert z.grad[5:].tolist() == pytest.approx([math.exp(c)] * 4, rel=1e-12)
     # strictly increasing everywhere, unlike `exp`, which is flat above c
     assert (e[1:] > e[:-1]).all()
-    flat = evidence_head('exp')(z.detach())
+    flat = EVIDENCE_HEADS['exp'](z.detach())
     assert flat[5] == flat[6] == flat[7] == flat[8]
 
 
@@ -146,8 +147,8 @@ def test_exp_plateau_inverts_u_and_exp_linear_does_not():
     `exp` both top logits give e^10, so the competitor's evidence makes the ambiguous input look *more*
     certain (lower u). The tangent continuation keeps the confident input's larger evidence."""
     logits = torch.tensor([[16., -5., -5.], [11., 8., -5.]])   # [clean and confident, ambiguous]
-    u_exp = opinion(evidence_head('exp')(logits)).uncertainty_mass
-    u_lin = opinion(evidence_head('exp_linear')(logits)).uncertainty_mass
+    u_exp = opinion(EVIDENCE_HEADS['exp'](logits)).uncertainty_mass
+    u_lin = opinion(EVIDENCE_HEADS['exp_linear'](logits)).uncertainty_mass
     assert u_exp[1] < u_exp[0]
     assert u_lin[0] < u_lin[1]
     # u = K / S by hand: S = 3 + 7 e^10 + 2 e^-5 and 3 + 2 e^10 + e^8 + e^-5
@@ -157,18 +158,14 @@ def test_exp_plateau_inverts_u_and_exp_linear_does_not():
 
 def test_relu_head_is_dead_below_zero_and_softplus_is_not():
     logits = torch.tensor([-3., 2.], requires_grad=True)
-    evidence_head('relu')(logits).sum().backward()
+    EVIDENCE_HEADS['relu'](logits).sum().backward()
     assert logits.grad.tolist() == [0., 1.]
     logits.grad = None
-    evidence_head('softplus')(logits).sum().backward()
+    EVIDENCE_HEADS['softplus'](logits).sum().backward()
     assert logits.grad[0] > 0
 
 
-def test_unknown_names_list_valid_ones():
-    with pytest.raises(ValueError, match='valid: relu, softplus, exp'):
-        evidence_head('tanh')
-    with pytest.raises(ValueError, match='squared_error_bayes_risk'):
-        loss_function('mse')
+def test_unknown_kl_schedule_lists_valid_ones():
     with pytest.raises(ValueError, match='piecewise, paper, constant, off'):
         make_kl_schedule('linear', samples_per_epoch=10, epochs=1)
 
@@ -188,6 +185,17 @@ def test_piecewise_schedule_interpolates_fractions_of_training():
     s = make_kl_schedule('piecewise', samples_per_epoch=100, epochs=10, points=[(0, 0.), (0.2, 0.01), (1, 1.)])
     assert s(0) == 0. and s(100) == pytest.approx(0.005) and s(200) == pytest.approx(0.01)
     assert s(600) == pytest.approx(0.505) and s(1000) == 1. and s(2000) == 1.
+
+
+@pytest.mark.parametrize('points, total', [
+    ([(0, 0.), (0.2, 0.01), (1, 1.)], 1000), ([(0, 0.), (0.2, 0.01), (1, 1.)], 2 * 313), ([(0.1, 0.5), (0.7, 2.)], 999),
+    ([(0, 1.), (0.5, 0.), (1, 0.3)], 7), ([(0, 0.), (0.3, 0.3), (0.3, 0.6), (1, 0.9)], 100)])
+def test_piecewise_schedule_equals_labml_nn(points, total):
+    """The same numbers as the `RelativePiecewise` of labml_nn's tutorial, at every sample count and beyond."""
+    from labml_nn.helpers.schedule import RelativePiecewise
+    ours = make_kl_schedule('piecewise', samples_per_epoch=total, epochs=1, points=points)
+    theirs = RelativePiecewise([(float(x), float(y)) for x, y in points], total)
+    assert [ours(t) for t in range(-2, total + 3)] == [min(1., float(theirs(t))) for t in range(-2, total + 3)]
 
 
 def test_constant_and_off_schedules():

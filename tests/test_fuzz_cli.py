@@ -1,4 +1,4 @@
-"""Generated bad input (issue 21): every key of every registered family, fed generated values.
+"""Generated bad input: every key of every registered family, fed generated values.
 
 The contract: `configs.cli.resolve` either returns (the values are accepted, and are then of the key's type,
 finite and within the bounds) or raises `UsageError` with a one-line, printable message - never another
@@ -163,7 +163,7 @@ def test_every_family_bounds_its_counts():
 # --------------------------------------------------------------------------------------------- real processes
 #: Bad values that get past `resolve`'s types, each through `main()` in process; the first two also as real processes
 PROCESS_CASES = [
-    (['epochs=1e100'], 'epochs=1e100: is too large'),  # was accepted, made a run folder, then OverflowError in labml
+    (['epochs=1e100'], 'epochs=1e100: is too large'),  # unbounded: a run folder, then an OverflowError in labml
     (['train_batch_size=60000'], 'train_batch_size=60000 is larger than the training set (512 images); use at most 512'),
     (['optimizer.learning_rate=nan'], 'must be a finite number'),
     (['resume=' + 'a' * 300], 'no run with uuid'),

@@ -1,4 +1,4 @@
-"""Generated bad input for `experiments.evaluate` (issue 21): `--ood-file` contents and the arguments.
+"""Generated bad input for `experiments.evaluate`: `--ood-file` contents and the arguments.
 
 `load_ood_files` either returns `uint8 [N, 28, 28]` arrays or raises `EvaluateError` with a one-line message -
 never another exception, never an unpickled object. In process with Hypothesis; then bad arguments and a

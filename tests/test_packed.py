@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evidential.models.lenet import LeNet, LeNet5
-from evidential.models.packed import PackedConv2d, PackedEnsemble, PackedLayers, PackedLinear, packed_model
+from evidential.models.packed import PackedConv2d, PackedEnsemble, PackedLayers, PackedLinear
 from evidential.prediction import member_disagreement, sampled_prediction
 
 ATOL = 1e-5
@@ -378,7 +378,7 @@ def test_members_never_touch_each_other(body, m, kwargs):
 
 
 def test_forward_shape_and_errors():
-    model = packed_model(LeNet5, 7, alpha=2, num_estimators=4, gamma=1, dropout=0.)
+    model = PackedEnsemble(LeNet5, 7, alpha=2, num_estimators=4, gamma=1, dropout=0.)
     assert model(torch.randn(3, 1, 28, 28)).shape == (4, 3, 7)
     with pytest.raises(ValueError, match=r'\[N, 12, H, W\]'):
         model.body.features[3](torch.randn(1, 6, 12, 12))

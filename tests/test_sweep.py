@@ -149,8 +149,8 @@ def test_compare_all_expands_and_validates(tmp_path, monkeypatch, capsys):
     assert spec['name'] == 'compare_all' and spec['split'] == 'test'
     assert spec['columns'][0] == 'accuracy' and spec['columns'][-1] == 'train_s'
     assert [(r['family'], r['_values']['seed']) for r in runs] == [(f, s) for f in names() for s in (1, 2, 3)]
-    # defaults otherwise: only data_dir and seed are set
-    assert all(set(r['settings']) == {'data_dir', 'seed'} for r in runs)
+    # defaults otherwise: only the seed is set (the data folder comes from the command line)
+    assert all(set(r['settings']) == {'seed'} for r in runs)
     (tmp_path / '.labml.yaml').write_text(LABML_YAML)
     monkeypatch.chdir(tmp_path)
     assert sweep_module.main([str(ROOT / 'sweeps' / 'compare_all.py'), '--dry-run']) == 0

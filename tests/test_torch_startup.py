@@ -1,4 +1,4 @@
-"""`configs/torch_startup.py`: processes that build optimizers do not pay for importing `torch._dynamo`."""
+"""`configs.compat.skip_dynamo_import`: processes that build optimizers do not pay for importing `torch._dynamo`."""
 import subprocess
 import sys
 import textwrap
@@ -29,7 +29,7 @@ OPTIMIZE = """
 
 
 def test_optimizers_work_without_importing_dynamo_and_torch_would_import_it():
-    patched = _python(OPTIMIZE.format(setup='from configs.torch_startup import skip_dynamo_import\n'
+    patched = _python(OPTIMIZE.format(setup='from configs.compat import skip_dynamo_import\n'
                                             '    patched = skip_dynamo_import()'))
     plain = _python(OPTIMIZE.format(setup='patched = 0'))
     assert patched.returncode == 0 and plain.returncode == 0, patched.stderr + plain.stderr

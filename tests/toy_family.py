@@ -6,10 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml.configs import option
 
-from configs.cli import positive
-from configs.evidence import PRESETS as EVIDENCE_PRESETS
-from configs.lenet import CHECKS, LeNetExperimentConfigs, lenet_body
-from configs.registry import Family
+from configs.lenet import CHECKS, SMOKE, LeNetExperimentConfigs, lenet_body
+from configs.registry import Family, positive
 from evidential.prediction import Prediction
 
 
@@ -37,7 +35,7 @@ FAMILY = Family(
     configs=TemperatureConfigs,
     description='temperature-scaled softmax (a test family)',
     defaults={'dataset': 'mnist', 'model': 'lenet', 'temperature': 2.0},
-    presets={'smoke': EVIDENCE_PRESETS['smoke']},
+    presets={'smoke': SMOKE},
     checks={**CHECKS, 'temperature': positive},
     label_keys=lambda values: ['temperature'],
     label_names={'temperature': 'T'},

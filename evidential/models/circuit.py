@@ -233,14 +233,6 @@ class PixelCircuit(nn.Module):
     def forward(self, x: torch.Tensor, missing_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.log_joint(x, missing_mask)
 
-    def class_log_posterior(self, x: torch.Tensor, missing_mask: torch.Tensor | None = None,
-                            log_prior: torch.Tensor | None = None) -> torch.Tensor:
-        """`[N, K]`: $\\log p(y \\mid \\mathbf{x}_{\\text{obs}})$ by Bayes' rule (uniform prior by default)."""
-        lj = self.log_joint(x, missing_mask)
-        if log_prior is not None:
-            lj = lj + log_prior.to(lj)
-        return torch.log_softmax(lj, dim=-1)
-
 
 def neg_log_density(log_joint: torch.Tensor) -> torch.Tensor:
     r"""`[N]`: $-\log p(\mathbf{x}) = -\log \frac{1}{K} \sum_y p(\mathbf{x} \mid y)$ from `[N, K]` log-likelihoods

@@ -91,7 +91,7 @@ weights (`model.to(memory_format=torch.channels_last)`).
 import copy
 import math
 from numbers import Real
-from typing import Optional, Sequence, Tuple, Type, Union
+from typing import Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -397,13 +397,3 @@ class PackedEnsemble(nn.Module):
             if bias is not None:
                 other.bias.copy_(bias)
         return plain
-
-
-def packed_model(body_cls: Type[nn.Module], n_classes: int, alpha: float, num_estimators: int, gamma: int = 1,
-                 dropout: Optional[float] = None, **body_kwargs) -> PackedEnsemble:
-    """`PackedEnsemble(body_cls, n_classes, alpha=..., num_estimators=..., gamma=...)`; `dropout=None` keeps the
-    body's default dropout rate."""
-    if dropout is not None:
-        body_kwargs['dropout'] = dropout
-    return PackedEnsemble(body_cls, n_classes, alpha=alpha, num_estimators=num_estimators, gamma=gamma,
-                          **body_kwargs)

@@ -11,8 +11,8 @@ What it changes in labml 0.5.3 (only after the dashboard answered):
 * ``lab.configure``-style settings: ``app_url`` (the dashboard's run-update
   endpoint) and ``app_open_browser: False`` (labml would otherwise open a browser
   tab from the training process);
-* labml's app-client thread class (``labml.internal.app._AppTrackThread``) is
-  replaced by :class:`BoundedAppTrackThread`. The stock thread retries a failed
+* labml's app-client thread class (``labml.internal.app._AppTrackThread``, through
+  :mod:`configs.compat`) is replaced by :class:`BoundedAppTrackThread`. The stock thread retries a failed
   update forever, sleeping 10 s, 20 s, 30 s, ... and is not a daemon, so a
   dashboard that dies mid-run keeps the process alive for minutes (forever, in
   fact) after training ends. The replacement retries while the run is live, but
@@ -34,7 +34,8 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from labml.internal.app import _AppTrackThread as _LabmlAppTrackThread
+from configs.compat import app_track_thread_class, empty_app_packet, lab_app_url, set_lab_app_url, \
+    use_app_track_thread
 
 HEALTH_TIMEOUT_S = 1.0
 """How long :func:`attach` waits for the dashboard to answer."""
@@ -73,8 +74,7 @@ def resolve_url(url: Optional[str]) -> Optional[str]:
     if os.environ.get('labml_app_url', '').strip():
         return os.environ['labml_app_url'].strip()
     try:
-        from labml.internal.lab import lab_singleton
-        return (lab_singleton().configs.get('app_url') or '').strip() or None
+        return lab_app_url()
     except Exception:  # noqa: BLE001 - a broken .labml.yaml is reported by labml itself later
         return None
 
@@ -127,15 +127,6 @@ def health(root: str, token: str = '', timeout: float = HEALTH_TIMEOUT_S) -> Opt
         return None
 
 
-def is_up(root: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """Whether an HTTP server answers at ``root`` within ``timeout`` seconds.
-
-    Any HTTP answer counts (a stock ``labml app-server`` has no health endpoint);
-    a refused connection or a timeout does not.
-    """
-    return health(root, timeout=timeout) is not None
-
-
 def attach(url: Optional[str]) -> bool:
     """Report the coming labml run to the dashboard at ``url``, if it answers.
 
@@ -166,19 +157,12 @@ def attach(url: Optional[str]) -> bool:
               '; the run continues with local logs only')
         return False
 
-    from labml.internal.lab import lab_singleton
-    lab_singleton().set_configurations({'app_url': app_url, 'app_open_browser': False})
-    install_bounded_client()
+    set_lab_app_url(app_url)
+    use_app_track_thread(BoundedAppTrackThread)
     return True
 
 
-def install_bounded_client() -> None:
-    """Make labml's app client use :class:`BoundedAppTrackThread` (idempotent)."""
-    import labml.internal.app as labml_app_client
-    labml_app_client._AppTrackThread = BoundedAppTrackThread
-
-
-class BoundedAppTrackThread(_LabmlAppTrackThread):
+class BoundedAppTrackThread(app_track_thread_class()):
     """labml's app-client thread with bounded retries and a bounded exit.
 
     labml's ``AppTracker`` creates one per run and calls ``stop()`` when the run
@@ -205,8 +189,8 @@ class BoundedAppTrackThread(_LabmlAppTrackThread):
 
     # -- labml interface ---------------------------------------------------------
     def stop(self):
-        # labml prints "Still updating labml server, please wait..." here; the wait
-        # is now bounded, so stay quiet
+        # labml prints "Still updating labml server, please wait..." here; this
+        # thread's wait is bounded, so it stays quiet
         self.is_stopped = True
         self.push_data_source(_Wakeup())
 
@@ -311,5 +295,4 @@ class _Wakeup:
     """Queue item that wakes the thread after ``stop()``; carries no data."""
 
     def get_data_packet(self):
-        from labml.internal.app import Packet
-        return Packet(data={})
+        return empty_app_packet()

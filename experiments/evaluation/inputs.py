@@ -107,16 +107,14 @@ def default_ood(conf, train: bool = False) -> Tuple[Dict[str, np.ndarray], List[
     """The default OOD sets of the run's dataset that are present in its data folder (their test splits,
     or their training splits with `train=True`, for model selection), and notes on those skipped."""
     from configs.experiment import data_root
-    from evidential.data import DataError, load_split
+    from evidential.data import DataFilesMissing, load_split
     sets, notes = {}, []
     ood_name = DEFAULT_OOD.get(conf.dataset.name)
     if ood_name is None:
         return sets, notes
     try:
         images, _ = load_split(ood_name, data_root(conf), train=train, download=False)
-    except DataError as e:
-        if 'files not found' not in str(e):
-            raise  # present but corrupt: a clear error, not a silent skip
+    except DataFilesMissing as e:  # only missing files are skipped: a corrupt one raises (an error, not a silent skip)
         notes.append(f"{ood_name} skipped: {e}")
         return sets, notes
     sets[ood_name] = images.numpy()

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from configs.checkpoint import LogGuard, atomic_write_bytes
+from configs.compat import detach_writers, flush_tracker, indicator_definitions, new_file_writer, write_only_to
 from experiments.evaluation import EvaluateError
 
 
@@ -44,23 +45,18 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
     (entries added, nothing removed) change.
     """
     from labml import tracker
-    from labml.internal.tracker import tracker_singleton
-    from labml.internal.tracker.writers import file as file_writer
-    t = tracker_singleton()
-    t.reset_writers()  # no screen writer, no other run's writers
-    writer = file_writer.Writer(run_dir / 'log.jsonl')
+    writer = new_file_writer(run_dir / 'log.jsonl')
     guard = LogGuard(writer)  # written here, in this thread, as whole lines: a full disk cannot cut the log's last line
-    t.add_writer(writer)
+    write_only_to(writer)  # no screen writer, no other run's writers
     try:
         tracker.set_scalar('eval.*', False)
         tracker.set_global_step(global_step)
         tracker.add(values)
         tracker.save()
-        definitions = {k: ind.to_dict() for k, ind in t.indicators.items() if k in values}
-        t.finish_loop()  # flushes the file writer
+        definitions = indicator_definitions(values)
+        flush_tracker()  # flushes the file writer
     finally:
-        t.reset_writers()
-        t.set_global_step(None)  # as a fresh tracker: a later labml run in this process counts from its own start
+        detach_writers()  # as a fresh tracker: a later labml run in this process counts from its own start
     if guard.error is not None:
         raise guard.error
     _add_indicator_definitions(run_dir / 'indicators.yaml', definitions)
@@ -68,7 +64,6 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
 
 def _add_indicator_definitions(path: Path, definitions: Dict[str, Any]) -> None:
     import yaml
-    from labml.internal import util as labml_util
     try:
         data = yaml.safe_load(path.read_text()) if path.exists() else {}
     except (OSError, yaml.YAMLError) as e:
@@ -79,7 +74,7 @@ def _add_indicator_definitions(path: Path, definitions: Dict[str, Any]) -> None:
     data.setdefault('wildcards', {})
     data.setdefault('indicators', {})
     data['indicators'].update(definitions)
-    text = labml_util.yaml_dump(data)
+    text = yaml.dump(data, default_flow_style=False)  # as labml 0.5.3 writes indicators.yaml
     atomic_write_bytes(path, lambda f: f.write(text.encode()), path.stat().st_mode & 0o777 if path.exists() else None)
 
 
