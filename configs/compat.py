@@ -295,3 +295,23 @@ def skip_dynamo_import() -> int:
             setattr(inner, '__dynamo_disable', inner)
             patched += 1
     return patched
+
+
+# ## labml_nn
+
+def labml_nn_trainer(conf):
+    """
+    labml_nn's own training step of a `TrainValidConfigs` (`labml_nn.helpers.trainer._default_trainer`), for the
+    benchmark's reference run of labml_nn's experiment (`experiments.references.labml_nn`), which wraps it to time
+    it. labml_nn 0.5.1 registers it only as a private option function.
+    Fails: `tests/test_reference_labml_nn.py` (the reference run).
+    """
+    from labml_nn.helpers import trainer
+    return trainer._default_trainer(conf)
+
+
+def labml_nn_validator(conf):
+    """labml_nn's own validation step (`labml_nn.helpers.trainer._default_validator`); as `labml_nn_trainer`.
+    Fails: `tests/test_reference_labml_nn.py` (the reference run)."""
+    from labml_nn.helpers import trainer
+    return trainer._default_validator(conf)

@@ -7,14 +7,18 @@ An evaluation is never silently stale or silently lost:
 * a perturbation re-run with `--X-samples 0` keeps the earlier results of the same checkpoint, figure included.
 """
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from configs.checkpoint import load_checkpoint
+from configs.checkpoint import CheckpointError, load_checkpoint
 from experiments import compare, evaluate
 from experiments.train import main as train
+from tests.conftest import ROOT
 
 QUICK = ['--fgsm-samples', '32', '--missing-samples', '32']
 
@@ -27,11 +31,31 @@ def run(workdir, synthetic_data_dir, monkeypatch):
     return run
 
 
-def test_a_live_run_is_refused_unless_allowed_and_compare_marks_it_stale(run, workdir, synthetic_data_dir, capsys):
-    trainer = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])  # a live training process
+def _checkpoint_epoch(run) -> int:
     try:
-        (run / 'run.pid').write_text(str(trainer.pid))
-        log_before = (run / 'log.jsonl').read_bytes()
+        return load_checkpoint(run)['epoch']
+    except CheckpointError:  # not written yet, or being replaced right now (atomic rename): try again
+        return 0
+
+
+def _wait(condition, trainer, what, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert trainer.poll() is None, f"training ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_live_run_is_refused_unless_allowed_and_compare_marks_it_stale(workdir, synthetic_data_dir, capsys):
+    trainer = subprocess.Popen([sys.executable, '-m', 'experiments.evidence_mnist', 'preset=smoke', 'epochs=500',
+                                f'data_dir={synthetic_data_dir}', 'device=cpu'], cwd=workdir,
+                               env={**os.environ, 'PYTHONPATH': str(ROOT)}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        folder = workdir / 'logs' / 'evidence_mnist'
+        _wait(lambda: folder.is_dir() and any(_checkpoint_epoch(r) >= 1 for r in folder.iterdir()), trainer,
+              'the first checkpoint')
+        (run,) = folder.iterdir()
         assert evaluate.main([str(run), *QUICK]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and 'still training' in err[0] and '--allow-running' in err[0] and str(trainer.pid) in err[0]
@@ -40,24 +64,27 @@ def test_a_live_run_is_refused_unless_allowed_and_compare_marks_it_stale(run, wo
         assert evaluate.main([str(run), *QUICK, '--allow-running']) == 0
         out = capsys.readouterr().out
         result = json.loads((run / 'evaluation.json').read_text())
-        assert result['epoch'] == 1 and 'labml_log' not in result
+        assert result['epoch'] >= 1 and result['status'] == 'running' and 'labml_log' not in result
         assert any('evaluated while training' in n for n in result['notes'])
-        assert (run / 'log.jsonl').read_bytes() == log_before  # the training process owns its log
         assert 'appended to log.jsonl' not in out
+        assert 'eval.' not in (run / 'log.jsonl').read_text()  # the training process owns its log
+        # the run trains on past the evaluated epoch, then is stopped (it saves its last epoch)
+        _wait(lambda: _checkpoint_epoch(run) > result['epoch'], trainer, 'a later epoch')
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         trainer.kill()
         trainer.wait()
-
-    # the run trains on (resumed to epoch 2): the evaluation of epoch 1 is stale
-    assert train('evidence_mnist', [f'resume={run.name}', 'epochs=2', f'data_dir={synthetic_data_dir}']) == 0
-    assert load_checkpoint(run)['epoch'] == 2
+    final = load_checkpoint(run)['epoch']
+    assert final > result['epoch']
     capsys.readouterr()
     assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 0
     captured = capsys.readouterr()
     (row,) = json.loads((workdir / 'cmp' / 'comparison.json').read_text())['rows']
-    assert row['stale'] == 'evaluated at epoch 1, checkpoint at epoch 2' and '[STALE' in row['label']
-    assert 'STALE' in (workdir / 'cmp' / 'comparison.md').read_text() and 'warning:' in captured.err
-    # evaluated again: fresh
+    assert row['stale'] == f"evaluated at epoch {result['epoch']}, checkpoint at epoch {final}"
+    assert '[STALE' in row['label'] and 'STALE' in (workdir / 'cmp' / 'comparison.md').read_text()
+    assert 'warning:' in captured.err
+    # evaluated again (the run has stopped: no --allow-running needed): fresh
     assert evaluate.main([str(run), *QUICK]) == 0
     assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 0
     (row,) = json.loads((workdir / 'cmp' / 'comparison.json').read_text())['rows']

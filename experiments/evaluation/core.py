@@ -40,7 +40,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     # ---- everything that can fail on bad input, before anything is written
     ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
     import torch
-    from labml.internal.monitor import monitor_singleton
+    from configs.compat import silence_monitor
     from configs.checkpoint import training_pid
     from configs.runner import load_trained
     from experiments.evaluation.output import flat_scalars, log_to_labml, save_json, save_npz
@@ -48,11 +48,12 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     from experiments.evaluation.predictions import predict_images, prediction_arrays
     from experiments.evaluation.results import compute_metrics
     # labml prints a line per configuration it computes ("Prepare model..."); not useful here
-    monitor_singleton().silent(True)
+    silence_monitor(True)
     try:
         family, conf, run_dir, state = load_trained(run, data_dir=data_dir, device=device)
-        # the process that trained it: alive unless it has ended (this process, when a caller trained it here)
-        pid = training_pid(run_dir)
+        # still training: its checkpoint says so and the process that trains it is alive (labml leaves its pid in
+        # the run folder; a run trained in this process has ended by now)
+        pid = training_pid(run_dir) if state['status'] == 'running' else None
         running = pid is not None and pid != os.getpid()
         if running and not allow_running:
             raise EvaluateError(f"run {run_dir.name} is still training (process {pid}; epoch {state['epoch']} of "
@@ -121,7 +122,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         for note in figure_notes:
             log(f"note: {note}")
     finally:
-        monitor_singleton().silent(False)  # for in-process callers (tests, sweeps) that train next
+        silence_monitor(False)  # for in-process callers (tests, sweeps) that train next
 
     results = {
         'id': results['id'],

@@ -53,13 +53,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-MNIST_RAW_FILES = (
-    'train-images-idx3-ubyte',
-    'train-labels-idx1-ubyte',
-    't10k-images-idx3-ubyte',
-    't10k-labels-idx1-ubyte',
-)
-
 # The configuration of labml_nn.uncertainty.evidence.experiment.main(), verbatim.
 LABML_NN_MAIN_CONFIGS: Dict[str, Any] = {
     'optimizer.optimizer': 'Adam',
@@ -72,8 +65,9 @@ LABML_NN_MAIN_CONFIGS: Dict[str, Any] = {
 
 
 def _check_mnist_files(data_dir: Path) -> None:
+    from evidential.data import dataset_spec, raw_files
     raw = data_dir / 'MNIST' / 'raw'
-    missing = [f for f in MNIST_RAW_FILES if not (raw / f).is_file()]
+    missing = [path.name for path, _ in raw_files(dataset_spec('mnist'), data_dir) if not path.is_file()]
     if missing:
         # labml_nn builds torchvision MNIST with download=True: refuse here rather than
         # letting it try the network.
@@ -121,6 +115,8 @@ def _make_configs_class():
     from labml_nn.helpers import trainer as labml_trainer
     from labml_nn.uncertainty.evidence.experiment import Configs
 
+    from configs import compat
+
     class TimedEvidenceConfigs(Configs):
         # Re-declared so the options below register on this subclass, not globally on
         # labml_nn's TrainValidConfigs.
@@ -143,7 +139,7 @@ def _make_configs_class():
             # app computes all of its own before its first epoch (`MNISTExperimentConfigs.resolve_configs`),
             # so the same is done here, after labml_nn's own init() and trainer/validator (same order, same
             # random numbers), to keep that one-time cost out of both contenders' first epoch.
-            for key in self._Configs__types:
+            for key in compat.declarations(self)[0]:
                 if key in ('model', 'optimizer'):
                     # labml_nn builds them inside its first step, and initialising the model draws random
                     # numbers: left there, so the run stays exactly the one labml_nn's code gives (two saves,
@@ -162,11 +158,11 @@ def _make_configs_class():
     @option(TimedEvidenceConfigs.trainer, 'timed_default_trainer')
     def _timed_trainer(c: TimedEvidenceConfigs):
         # labml_nn's own trainer, built by its own option function, only wrapped.
-        return _TimedCall(labml_trainer._default_trainer(c), c._sync_device)
+        return _TimedCall(compat.labml_nn_trainer(c), c._sync_device)
 
     @option(TimedEvidenceConfigs.validator, 'timed_default_validator')
     def _timed_validator(c: TimedEvidenceConfigs):
-        return _TimedCall(labml_trainer._default_validator(c), c._sync_device)
+        return _TimedCall(compat.labml_nn_validator(c), c._sync_device)
 
     return TimedEvidenceConfigs
 
@@ -303,8 +299,7 @@ def run_labml_nn_reference(data_dir: str, epochs: int, batch_size: int, device: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--data-dir', default=str(Path(__file__).resolve().parents[3] / 'shared' / 'data'),
-                        help='folder holding MNIST/raw (default: ../shared/data)')
+    parser.add_argument('--data-dir', required=True, help='folder holding MNIST/raw')
     parser.add_argument('--epochs', type=int, default=1)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--device', default='cpu')

@@ -165,7 +165,7 @@ def run_pyro_reference(data_dir: str, epochs: int, batch_size: int, seed: int, *
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    p.add_argument('--data-dir', default=str(Path(__file__).resolve().parents[3] / 'shared' / 'data'))
+    p.add_argument('--data-dir', required=True, help='folder holding MNIST/raw')
     p.add_argument('--epochs', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)

@@ -34,7 +34,7 @@ with a separate interpreter (the benchmark's `--reference-python`), e.g. a venv 
     python -m venv --system-site-packages /work/venvs/tu
     /work/venvs/tu/bin/pip install "torch-uncertainty[cpu]==0.13.0" "scikit-learn>=1.5,<1.7,!=1.6.0"
 
-    /work/venvs/tu/bin/python -m experiments.references.torch_uncertainty --data-dir ../shared/data --epochs 3
+    $TU_PYTHON -m experiments.references.torch_uncertainty --data-dir ../shared/data --epochs 3
 
 prints one JSON dict on stdout.
 """
@@ -129,7 +129,7 @@ def run_torch_uncertainty_reference(data_dir: str, epochs: int, batch_size: int,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    p.add_argument('--data-dir', default=str(Path(__file__).resolve().parents[3] / 'shared' / 'data'))
+    p.add_argument('--data-dir', required=True, help='folder holding MNIST/raw')
     p.add_argument('--epochs', type=int, default=3)
     p.add_argument('--batch-size', type=int, default=512)
     p.add_argument('--seed', type=int, default=0)
