@@ -400,7 +400,7 @@ def ray_cluster_sweep(local_sweep, tmp_path_factory, synthetic_data_dir):
         pytest.skip(why)
     project = _project(tmp_path_factory, 'sweep_ray')
     args = ['evidence_mnist', 'preset=smoke', 'kl_coef=0.01', 'seed=1,2', f'data_dir={synthetic_data_dir}', *EVAL,
-            '--engine', 'ray', '--cpus-per-run', '1', '--name', 'ray']
+            '--ood-file', str(local_sweep[0] / 'noise.npy'), '--engine', 'ray', '--cpus-per-run', '1', '--name', 'ray']
     done = _in_namespace(f"""
         import json, sys
         from ray.cluster_utils import Cluster
@@ -441,7 +441,7 @@ def test_ray_engine_starts_its_own_ray_and_gives_the_local_table(local_sweep, tm
         pytest.skip(why)
     project = _project(tmp_path_factory, 'sweep_ray_local')
     args = ['evidence_mnist', 'preset=smoke', 'kl_coef=0.03', 'seed=2', f'data_dir={synthetic_data_dir}', *EVAL,
-            '--engine', 'ray', '--name', 'ray']
+            '--ood-file', str(local_sweep[0] / 'noise.npy'), '--engine', 'ray', '--name', 'ray']
     done = _in_namespace(f"""
         import sys
         from experiments import sweep
