@@ -166,8 +166,8 @@ def test_reads_write_nothing_and_unknown_ids_are_404(dashboard, run_uuid):
 
 
 def test_the_run_list_is_served_from_a_full_disk(tmp_path):
-    """The store on a tmpfs that is then filled up: reads still answer (labml-app rewrote the user and project
-    on every read, so the run list answered 500)."""
+    """The store on a tmpfs that is then filled up: reads still answer (labml-app rewrites the user and project
+    on every read: unless reads are read-only, the run list answers 500 on a full disk)."""
     store = tmp_path / 'store'
     store.mkdir()
     r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8m', 'tmpfs-dashboard-test', str(store)],
@@ -200,7 +200,7 @@ def test_the_run_list_is_served_from_a_full_disk(tmp_path):
 # ------------------------------------------------------------------------------------------- updates
 def test_many_series_stay_within_bounds(dashboard):
     """20,000 series `s{i}.q{i%100}` in one 0.9 MB update: each would get a chart card holding an entry per
-    series (2.1 GB on disk before the bounds). Now 1,000 series and 32 cards per run at most."""
+    series (2.1 GB on disk without the bounds). A run keeps 1,000 series and 32 cards at most."""
     from experiments.dashboard.charts import MAX_CARDS_PER_RUN
     from experiments.dashboard.track import MAX_SERIES_PER_RUN
     d = dashboard

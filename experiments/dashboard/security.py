@@ -19,8 +19,8 @@
 
 * :func:`guarded_protocol`: uvicorn's h11 protocol with a read timeout and a cap on open connections.
   uvicorn's ``timeout_keep_alive`` covers the time *between* requests, and ``limit_concurrency`` answers 503
-  once a request has arrived; neither ends a connection that never finishes sending its request, so 2,000
-  stalled uploads stayed open for good. Here every request must arrive whole (headers and body) within
+  once a request has arrived; neither ends a connection that never finishes sending its request, so stalled
+  uploads would stay open for good, each holding a file descriptor. Here every request must arrive whole (headers and body) within
   ``read_timeout`` seconds of its connection being ready for it, or the connection is closed; connections
   beyond ``max_connections`` are closed as soon as they open.
 """

@@ -3,7 +3,7 @@
 It hands each update to labml-app's ``_update_run``, and around it:
 
 * checks the update field by field (:func:`check_track_request`): labml-app stores what it is sent, and a
-  ``status`` or ``repo_remotes`` of the wrong shape made the run's page answer 500 for good; an update that
+  ``status`` or ``repo_remotes`` of the wrong shape would make the run's page answer 500 for good; an update that
   fails anyway leaves no run behind when it was the run's first (:func:`forget_run`);
 * files runs sent without a project token into the local user's project, which is what labml-app's "Claim"
   button does, so runs are listed at once;
@@ -43,7 +43,7 @@ milliseconds of its single event loop; at 16 a second it fell behind and runs' f
 
 MAX_SERIES_PER_RUN = 1000
 """Series (indicators) stored per run; a training run here tracks about 40. Every series costs an entry in
-each chart card of the run, so an update with 20,000 new series would have written gigabytes."""
+each chart card of the run: without the bound, one update with 20,000 new series writes gigabytes."""
 
 MAX_NAME_LENGTH = 200
 """Longest series name accepted (400 above)."""
