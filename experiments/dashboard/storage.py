@@ -19,6 +19,7 @@ temporary file and ``os.replace`` it, which is atomic on POSIX.
 Reads never write: labml-app's read handlers create records for any id they are asked about and rewrite the
 user and project on every request. Inside :func:`read_only` (the request guard enters it for every GET) the
 drivers drop saves, deletes and index updates, so a read leaves the folder as it was (and works on a full disk).
+labml-app's MongoDB drivers (``--mongo``) are its own and still write on reads.
 
 The models are pickles: whoever can write into the data folder can run code in the dashboard.
 :func:`init_file_store` refuses a folder that other users can write to.
