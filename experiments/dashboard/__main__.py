@@ -6,22 +6,27 @@
 Open the printed URL in a browser; point runs at it with
 ``python -m experiments.evidence_mnist dashboard=http://127.0.0.1:5005``.
 Exit status: 0 after Ctrl-C / SIGTERM, 2 on a usage or start-up error
-(port in use, data folder locked, MongoDB unreachable).
+(port in use, data folder locked or writable by other users, MongoDB unreachable,
+``--host`` beyond this machine without ``--token``).
 
-There is no login. ``--token`` adds a shared secret: runs must send it
+There is no login. On 127.0.0.1 web pages cannot reach it (:mod:`.security`), but every user of this
+machine can. ``--token`` adds a shared secret: runs must send it
 (``dashboard=http://HOST:PORT/?token=TOKEN``, or ``DASHBOARD_TOKEN=TOKEN`` in the run's environment) and
 browsers open ``http://HOST:PORT/?token=TOKEN`` once (it is kept in a cookie). Without a value a random
-token is made and printed.
+token is made and printed. Listening beyond this machine (``--host 0.0.0.0``) requires it.
 """
 
 import argparse
-import ipaddress
+import logging
 import secrets
 import signal
 import socket
+import string
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from . import security
 
 DEFAULT_PORT = 5005
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'data' / 'dashboard'
@@ -33,8 +38,8 @@ def _parse_args(argv):
         description='Watch labml runs live: the labml-app dashboard with an embedded file store '
                     '(no database server) and no internet access needed.')
     p.add_argument('--host', default='127.0.0.1',
-                   help='address to bind (default: 127.0.0.1, this machine only; '
-                        'the dashboard has no login, so think twice before 0.0.0.0)')
+                   help='address to bind (default: 127.0.0.1, this machine only; another address, such as '
+                        '0.0.0.0, requires --token)')
     p.add_argument('--port', type=int, default=DEFAULT_PORT,
                    help=f'port to listen on (default: {DEFAULT_PORT}; 0 picks a free port)')
     p.add_argument('--data', type=Path, default=DEFAULT_DATA, metavar='DIR',
@@ -47,17 +52,28 @@ def _parse_args(argv):
                         'one, printed); runs: dashboard=http://HOST:PORT/?token=TOKEN or DASHBOARD_TOKEN=TOKEN')
     p.add_argument('--max-body-mb', type=float, default=16.0, metavar='MB',
                    help='largest request body accepted, in MiB (default 16; larger ones get 413)')
+    p.add_argument('--read-timeout', type=float, default=None, metavar='S',
+                   help='seconds a request has to arrive whole, headers and body, or its connection is closed '
+                        '(default 30)')
     p.add_argument('--access-log', action='store_true', help='log every HTTP request')
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f'--port must be in 0..65535, got {args.port}')
     if not 0 < args.max_body_mb <= 1024:
         p.error(f'--max-body-mb must be in (0, 1024], got {args.max_body_mb}')
+    if args.read_timeout is not None and not 0 < args.read_timeout <= 3600:
+        p.error(f'--read-timeout must be in (0, 3600], got {args.read_timeout}')
     if args.token == '':
         args.token = secrets.token_urlsafe(18)
-    if args.token is not None and not all(c.isalnum() or c in '-_.~' for c in args.token):
-        p.error('--token may hold only letters, digits and - _ . ~ (it travels in URLs)')
+    if args.token is not None and not all(c in TOKEN_CHARS for c in args.token):
+        p.error('--token may hold only ASCII letters, digits and - _ . ~ (it travels in URLs and a cookie)')
+    if args.token is None and not security.is_loopback(args.host):
+        p.error(f'--host {args.host} lets other machines in, and the dashboard has no login: add --token '
+                f'(a random token is printed; runs then need DASHBOARD_TOKEN or dashboard=...?token=)')
     return args
+
+
+TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + '-_.~')
 
 
 class DashboardError(RuntimeError):
@@ -93,23 +109,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == 'localhost'
-
-
-def host_warning(host: str, token) -> str:
-    """The warning printed for a dashboard listening beyond this machine ('' on loopback)."""
-    if _is_loopback(host):
+def host_warning(host: str) -> str:
+    """The warning printed for a dashboard listening beyond this machine ('' on loopback; --token is
+    required there)."""
+    if security.is_loopback(host):
         return ''
-    if token is None:
-        return (f'dashboard: warning: listening on {host} without --token: there is no login, so anyone who can '
-                f'reach this port can read, change and delete runs, and send fake ones; use --token on a shared '
-                f'network')
     return (f'dashboard: warning: listening on {host}: only runs and browsers with the token get in, but it '
             f'travels in plain HTTP (no TLS): use it on a network you trust')
+
+
+def _warn(message: str) -> None:
+    print(f'dashboard: warning: {message}', file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -123,8 +133,9 @@ def main(argv=None) -> int:
         if args.mongo is not None:
             store = storage.init_mongo_store(args.mongo)
         else:
-            store = str(storage.init_file_store(args.data))
-        app = server.create_app(store, token=args.token, max_body=int(args.max_body_mb * 1024 * 1024))
+            store = str(storage.init_file_store(args.data, warn=_warn))
+        app = server.create_app(store, token=args.token, max_body=int(args.max_body_mb * 1024 * 1024),
+                                hosts=security.allowed_hosts(args.host, port))
     except storage.StoreError as e:
         sock.close()
         _fail(str(e))
@@ -141,11 +152,17 @@ def main(argv=None) -> int:
             await super().startup(sockets)
             print(banner, flush=True)  # printed once the server accepts requests
 
-    warning = host_warning(args.host, args.token)
+    warning = host_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level='warning', access_log=args.access_log,
-                            timeout_graceful_shutdown=3)
+    # the guards' one-line warnings (refused requests, cut connections, dropped series) beside uvicorn's
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('dashboard: %(levelname)s: %(message)s'))
+    logging.getLogger('experiments.dashboard').addHandler(handler)
+    config = uvicorn.Config(
+        app, log_level='warning', access_log=args.access_log, timeout_graceful_shutdown=3,
+        http=security.guarded_protocol(read_timeout=args.read_timeout or security.READ_TIMEOUT_S),
+        limit_concurrency=security.BUSY_CONNECTIONS, timeout_keep_alive=5)
     _Server(config).run(sockets=[sock])
     return 0
 

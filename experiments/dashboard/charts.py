@@ -20,11 +20,21 @@ series arrive later (its main "Metrics" card is re-aligned in
 of the run by series name whenever the set of series changes. It also selects
 each ``loss.*`` series on the main "Metrics" card when it first appears (see
 :func:`_select_new_losses`).
+
+Each card stores one entry per series of the run, so a run has at most :data:`MAX_CARDS_PER_RUN` cards
+(default ones and the user's): its cards then take space proportional to its series count.
 """
 
+import logging
 import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
+
+_log = logging.getLogger('experiments.dashboard')
+
+MAX_CARDS_PER_RUN = 32
+"""Chart cards per run; a training run here gets 5-13 default ones. Beyond it no default card is added (one
+warning in the log) and the page's "+" is answered 409."""
 
 # '<name>.q<NN>'; labml names a value tracked as a histogram '<name>.q<NN>.mean'
 # (e.g. when a wildcard such as tracker.set_histogram('u.*') also matches it)
@@ -118,6 +128,14 @@ def _select_new_losses(run_uuid: str, names: Sequence[str], new: set) -> None:
     prefs.update_preferences({'series_preferences': selection})
 
 
+def card_count(run_uuid: str) -> int:
+    """Custom chart cards of a run (the default ones and the user's)."""
+    from labml_app.analyses.experiments.custom_metrics import CustomMetricsListIndex
+    key = CustomMetricsListIndex.get(run_uuid)
+    cards = key.load() if key is not None else None
+    return len(cards.metrics) if cards is not None else 0
+
+
 def series_names(run_uuid: str) -> List[str]:
     """Sorted series names of a run; empty before its first metrics arrive."""
     return _series_names(run_uuid) or []
@@ -158,9 +176,12 @@ def sync_run_charts(run_uuid: str, names_before: Sequence[str]) -> None:
     _select_new_losses(run_uuid, names, new)
     created = False
     now = time.time()
-    for i, (metric_id, title, description, series) in enumerate(chart_specs(names)):
-        if metric_id in existing or not new.intersection(series):
-            continue
+    specs = [spec for spec in chart_specs(names) if spec[0] not in existing and new.intersection(spec[3])]
+    room = max(0, MAX_CARDS_PER_RUN - len(cards.metrics))
+    if len(specs) > room:
+        _log.warning('run %s: %d default chart cards not added (first: %s), a run has at most %d',
+                     run_uuid, len(specs) - room, specs[room][1][:80], MAX_CARDS_PER_RUN)
+    for i, (metric_id, title, description, series) in enumerate(specs[:room]):
         prefs = MetricsPreferencesModel()
         selected = set(series)
         # per-epoch values: no smoothing, so the quantile lines show the measured values

@@ -15,13 +15,24 @@ they hold numpy arrays and sets that JSON cannot represent.
 The stock file drivers truncate a file before rewriting it, so a dashboard killed
 mid-write could leave an empty model behind; the subclasses below write to a
 temporary file and ``os.replace`` it, which is atomic on POSIX.
+
+Reads never write: labml-app's read handlers create records for any id they are asked about and rewrite the
+user and project on every request. Inside :func:`read_only` (the request guard enters it for every GET) the
+drivers drop saves, deletes and index updates, so a read leaves the folder as it was (and works on a full disk).
+labml-app's MongoDB drivers (``--mongo``) are its own and still write on reads.
+
+The models are pickles: whoever can write into the data folder can run code in the dashboard.
+:func:`init_file_store` refuses a folder that other users can write to.
 """
 
+import contextlib
+import contextvars
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 from labml_db import Index, Model
 from labml_db.driver.file import FileDbDriver
@@ -46,14 +57,35 @@ def _atomic_write(path: Path, data, is_bytes: bool) -> None:
     atomic_write_bytes(path, lambda f: f.write(data if is_bytes else data.encode()), sync=False)
 
 
+_READ_ONLY = contextvars.ContextVar('dashboard_read_only', default=False)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Within this (in this task or thread only), the file drivers write nothing (see the module doc)."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
+def is_read_only() -> bool:
+    return _READ_ONLY.get()
+
+
 class AtomicFileDbDriver(FileDbDriver):
-    """``labml_db``'s ``FileDbDriver`` with atomic (write + rename) saves."""
+    """``labml_db``'s ``FileDbDriver`` with atomic (write + rename) saves, none inside :func:`read_only`."""
 
     def save_dict(self, key: str, data) -> None:
+        if _READ_ONLY.get():
+            return
         path = self._db_path / f'{key}.{self._serializer.file_extension}'
         _atomic_write(path, self._serializer.to_string(data), self._serializer.is_bytes)
 
     def delete(self, key: str) -> None:
+        if _READ_ONLY.get():
+            return
         path = self._db_path / f'{key}.{self._serializer.file_extension}'
         try:
             path.unlink()
@@ -66,7 +98,17 @@ class AtomicFileDbDriver(FileDbDriver):
 
 
 class AtomicFileIndexDbDriver(FileIndexDbDriver):
-    """``labml_db``'s ``FileIndexDbDriver`` (a cached dict in a JSON file) with atomic saves."""
+    """``labml_db``'s ``FileIndexDbDriver`` (a cached dict in a JSON file) with atomic saves; inside
+    :func:`read_only` neither the file nor the cached dict changes (an entry for a model that was not saved
+    would dangle)."""
+
+    def set(self, index_key: str, model_key: str) -> None:
+        if not _READ_ONLY.get():
+            super().set(index_key, model_key)
+
+    def delete(self, index_key: str) -> None:
+        if not _READ_ONLY.get():
+            super().delete(index_key)
 
     def _save_cache(self) -> None:
         _atomic_write(self._index_path, self._serializer.to_string(self._cache), False)
@@ -115,11 +157,44 @@ class _DirLock:
 _lock: Optional[_DirLock] = None
 
 
-def init_file_store(data_dir: Path) -> Path:
+def check_permissions(data_dir: Path) -> Optional[str]:
+    """Refuses (:class:`StoreError`) a data folder in which another user could plant a pickle: the folder, or
+    anything in it, writable by everyone or owned by another user. Returns a warning when some of it is
+    group-writable (the members of that group could do the same), else None."""
+    me = os.geteuid()
+    group_writable = []
+    paths = [data_dir]
+    for folder, dirs, files in os.walk(data_dir):  # symbolic links are checked, not followed
+        paths += [Path(folder, name) for name in dirs + files]
+    for path in paths:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if st.st_uid != me:
+            raise StoreError(f'{path} belongs to another user (uid {st.st_uid}): the dashboard loads pickles '
+                             f'from --data, which runs code from them; use a folder of your own')
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        if st.st_mode & stat.S_IWOTH:
+            raise StoreError(f'{path} is writable by every user (mode {stat.filemode(st.st_mode)}): the '
+                             f'dashboard loads pickles from --data, which runs code from them; '
+                             f'chmod -R o-w {data_dir} or use another folder')
+        if st.st_mode & stat.S_IWGRP:
+            group_writable.append(path)
+    if group_writable:
+        return (f'{group_writable[0]} is writable by its group (with {len(group_writable) - 1} more in --data): its members '
+                f'can run code in the dashboard through the pickles it loads; chmod -R g-w {data_dir} unless '
+                f'you trust them')
+    return None
+
+
+def init_file_store(data_dir: Path, warn: Optional[Callable[[str], None]] = None) -> Path:
     """Point all labml-app models and indexes at files under ``data_dir``.
 
     Returns the resolved folder. Raises :class:`StoreError` if the folder cannot
-    be created or is locked by another dashboard process.
+    be created, is locked by another dashboard process, or other users can write to it
+    (:func:`check_permissions`; a group-writable one is passed to ``warn``).
     """
     global _lock
     data_dir = Path(data_dir).expanduser().resolve()
@@ -128,6 +203,9 @@ def init_file_store(data_dir: Path) -> Path:
         (data_dir / 'indexes').mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f'cannot create data folder {data_dir}: {e.strerror}') from e
+    warning = check_permissions(data_dir)
+    if warning and warn is not None:
+        warn(warning)
     if _lock is None or _lock.path != data_dir / '.lock':
         _lock = _DirLock(data_dir / '.lock')
     meta = data_dir / 'store.json'
