@@ -13,6 +13,8 @@ test suite starts a hundred of them. `tests/test_data.py` checks the result agai
 torchvision is imported only to download missing files.
 """
 import os
+import shutil
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,12 @@ def raw_files(spec: DatasetSpec, root: Path) -> List[Tuple[Path, int]]:
 
 
 def check_idx_file(path: Path, magic: int) -> int:
-    """Checks the IDX header and length of `path` and returns the number of items it holds."""
-    size = path.stat().st_size
+    """Checks the IDX header and length of `path` and returns the number of items it holds. It must be a regular
+    file: a FIFO or a device would block or never end."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path} is not a regular file (a FIFO, device or folder); put the IDX file itself there")
+    size = info.st_size
     header_len = 16 if magic == IMAGE_MAGIC else 8
     what = 'images' if magic == IMAGE_MAGIC else 'labels'
     fix = "delete it and run again to download it, or copy an intact copy there"
@@ -119,9 +125,15 @@ def load_split(name: str, root: os.PathLike, train: bool, download: bool = True)
         if not download:
             raise DataFilesMissing(f"{spec.name} files not found: expected {images_file} and {labels_file} "
                             f"(point the data folder at the one that holds {spec.folder}/raw)")
+        # torchvision creates <root>/<Name>/raw before it downloads: a failed download leaves no folder behind
+        created = next((folder for folder in (root, *root.parents)[::-1] + (root / spec.folder,
+                                                                           images_file.parent)
+                        if not folder.exists()), None)
         try:
             spec.torchvision_class(str(root), train=train, download=True)
         except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... per mirror
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
             raise DataFilesMissing(
                 f"{spec.name} files not found under {images_file.parent} and the download failed "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Put the uncompressed IDX files "

@@ -11,6 +11,8 @@ numbers (the last good checkpoint is kept), 4 a file of the run could not be wri
 message names the file; the last complete checkpoint is kept and `resume=` continues from it once the disk has
 room), 130 / 143 interrupted by Ctrl-C / SIGTERM (with how to resume).
 """
+import shlex
+import shutil
 import sys
 from typing import Callable, List, Optional
 
@@ -63,8 +65,14 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
         print(f"\nerror: {e}; {_kept(e.run_dir, load_checkpoint, CHECKPOINT_FILE, family)}", file=sys.stderr)
         return 4
     except Interrupted as e:
-        print(f"\ninterrupted by {e.args[0]}: the finished epochs are saved in {e.run_dir}.\n"
-              f"Resume with: python -m {family.prog} resume={e.run_dir.name}", file=sys.stderr)
+        if (e.run_dir / CHECKPOINT_FILE).exists():
+            print(f"\ninterrupted by {e.args[0]}: the finished epochs are saved in {e.run_dir}.\n"
+                  f"Resume with: python -m {family.prog} resume={e.run_dir.name}", file=sys.stderr)
+        else:  # nothing to resume: the folder would only confuse compare and the run list
+            shutil.rmtree(e.run_dir, ignore_errors=True)
+            print(f"\ninterrupted by {e.args[0]} before the first epoch finished: there is nothing to resume, so "
+                  f"the run folder was removed.\nStart it again with: python -m {family.prog} {shlex.join(argv)}",
+                  file=sys.stderr)
         return 128 + e.signal_number
     print(f"\ndone: test accuracy {final['accuracy.test']:.4f}, test NLL {final['loss.test']:.4f}\n"
           f"run folder: {run_dir}\n"

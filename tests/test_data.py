@@ -1,5 +1,6 @@
 """The IDX reader against torchvision's own (the oracle), its errors, and that loading data for training does not
 import torchvision."""
+import os
 import shutil
 import subprocess
 import sys
@@ -51,3 +52,33 @@ def test_missing_files_are_told_apart_from_corrupt_ones(tmp_path, synthetic_data
     with pytest.raises(DataError, match='truncated IDX') as error:
         load_split('mnist', tmp_path / 'corrupt', train=False, download=False)
     assert not isinstance(error.value, DataFilesMissing)
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """A mistyped data_dir: torchvision creates <root>/MNIST/raw, then its download fails (here: its mirrors point
+    at a closed loopback port). The error is one line, exit 2, and no folder is left."""
+    import torchvision.datasets
+    from experiments.train import main as train
+    monkeypatch.setattr(torchvision.datasets.MNIST, 'mirrors', ['http://127.0.0.1:9/'])
+    (tmp_path / '.labml.yaml').write_text('data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n')
+    monkeypatch.chdir(tmp_path)
+    assert train('evidence_mnist', ['preset=smoke', f'data_dir={tmp_path}/shared/dat', 'device=cpu']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'download failed' in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.labml.yaml']  # no shared/dat/MNIST/raw, no logs
+    # an existing data folder keeps what it had, and gets no MNIST/raw
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('mine')
+    assert train('evidence_mnist', ['preset=smoke', f'data_dir={tmp_path}/mine', 'device=cpu']) == 2
+    assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['notes.txt']
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_an_error(tmp_path, synthetic_data_dir):
+    """A FIFO would block the read forever: refused before it is opened."""
+    root = tmp_path / 'data'
+    shutil.copytree(synthetic_data_dir, root)
+    images = root / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'
+    images.unlink()
+    os.mkfifo(images)
+    with pytest.raises(DataError, match='not a regular file'):
+        load_split('mnist', root, train=True, download=False)

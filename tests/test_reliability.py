@@ -162,3 +162,23 @@ def test_same_seed_same_metrics(workdir, synthetic_data_dir):
     run = sorted((workdir / 'logs' / 'evidence_mnist').iterdir(), key=lambda p: p.stat().st_mtime)[-1]
     assert [h['loss.train'] for h in load_checkpoint(run)['history']] != \
         [h['loss.train'] for h in histories[0]]
+
+
+def test_interrupted_before_the_first_checkpoint_says_so_and_leaves_no_folder(workdir, synthetic_data_dir):
+    """Nothing is saved before the first epoch ends: no 'resume' that would fail, no folder without a checkpoint."""
+    # one image a step: the first epoch takes long enough (512 steps) to be interrupted in it
+    args = ['preset=smoke', f'data_dir={synthetic_data_dir}', 'train_batch_size=1', 'epochs=3']
+    proc = _start(workdir, *args)
+    folder = workdir / 'logs' / 'evidence_mnist'
+    deadline = time.time() + 120
+    while not list(folder.glob('*/log.jsonl')):  # labml's run has started: the loop is next
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    (run,) = folder.iterdir()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert not (run / CHECKPOINT_FILE).exists(), 'the first epoch ended before the signal: make it longer'
+    assert proc.returncode == 130, err[-2000:]
+    assert 'before the first epoch finished: there is nothing to resume' in err and 'resume=' not in err
+    assert f"Start it again with: python -m {MODULE} {' '.join(args)}" in err
+    assert 'Traceback' not in err and not run.exists()
