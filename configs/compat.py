@@ -13,6 +13,7 @@ pins it.
 
 Each function imports what it uses: a caller pays only for its own (the dashboard's client imports no torch).
 """
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -92,6 +93,36 @@ def silence_monitor(silent: bool = True) -> None:
     from labml.internal.monitor import monitor_singleton
     monitor_singleton().silent(silent)
 
+
+
+@contextlib.contextmanager
+def quiet_start():
+    """
+    While it is active, labml's start of a run prints only `NAME: UUID`: not its monitor's line per
+    configuration computed ("Prepare model..."), not the notice that the project folder is no git repository,
+    and not the repository's last commit message (`[clean]: "..."`), which say nothing about the run a user
+    just started. `experiments.sweep` reads the uuid from that line. labml 0.5.3 has no switch for these: the
+    monitor is silenced (`silence_monitor`), and `labml.internal.experiment`'s `labml_notice` and
+    `Experiment.__print_info` are replaced for the duration.
+    Fails: `tests/test_labml_compat.py::test_quiet_start`.
+    """
+    from labml import logger
+    from labml.logger import Text
+    import labml.internal.experiment as labml_experiment
+    cls = labml_experiment.Experiment
+
+    def print_name_and_uuid(self):
+        logger.log([(self.run.name, Text.title), ': ', (str(self.run.uuid), Text.meta)])
+
+    notice, print_info = labml_experiment.labml_notice, cls._Experiment__print_info
+    labml_experiment.labml_notice = lambda *args, **kwargs: None
+    cls._Experiment__print_info = print_name_and_uuid
+    silence_monitor(True)
+    try:
+        yield
+    finally:
+        silence_monitor(False)
+        labml_experiment.labml_notice, cls._Experiment__print_info = notice, print_info
 
 # ---------------------------------------------------------------------- labml's tracker and its file writer
 

@@ -25,7 +25,7 @@ from configs import registry
 from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, find_run, \
     first_write_error, load_checkpoint, load_values, save_values, training_pid
 from configs.cli import UsageError, check, resolve
-from configs.compat import set_values, tolerate_concurrent_starts, use_lab_file
+from configs.compat import quiet_start, set_values, tolerate_concurrent_starts, use_lab_file
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
 # Keys that may differ when a run is resumed (everything else is taken from the run): those that do not change
@@ -109,11 +109,12 @@ def prepare(family: registry.Family, argv: List[str],
                              f"pass epochs=N with N > {resume_state['epoch']} to train it further")
         uuid = run_dir.name
     conf = family.configs()
-    experiment.create(name=family.name, uuid=uuid, python_file=str(labml_yaml) if labml_yaml else None,
-                      writers=writers(values) if writers is not None else {'screen', 'file'})
-    experiment.configs(conf, dict(values))
-    # Build everything that can fail on bad input before the run folder exists
-    _ = conf.dataset, conf.model, conf.optimizer
+    with quiet_start():
+        experiment.create(name=family.name, uuid=uuid, python_file=str(labml_yaml) if labml_yaml else None,
+                          writers=writers(values) if writers is not None else {'screen', 'file'})
+        experiment.configs(conf, dict(values))
+        # Build everything that can fail on bad input before the run folder exists
+        _ = conf.dataset, conf.model, conf.optimizer
     n_train = len(conf.dataset.train)
     if conf.train_batch_size > n_train:  # an error, not a silent clamp: the batch size is part of the recipe
         raise UsageError(f"train_batch_size={conf.train_batch_size} is larger than the training set ({n_train} images"
@@ -138,7 +139,9 @@ def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
     interrupted, guard = None, None
     tolerate_concurrent_starts()
     try:
-        with experiment.start():
+        with quiet_start():
+            started = experiment.start()
+        with started:
             guard = LogGuard.install()  # log.jsonl: written in this thread, whole lines, before each checkpoint
             if guard is not None:
                 BEFORE_CHECKPOINT.append(guard.flush_synced)

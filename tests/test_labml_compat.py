@@ -3,6 +3,7 @@
 labml changes what the function relies on. After an upgrade of labml, run this file first.
 """
 import inspect
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,3 +222,18 @@ def test_the_workaround_tolerates_it(raced):
     assert [p.name for p in computer.projects_folder.iterdir()] == ['a.txt']
     compat.tolerate_concurrent_starts()
     assert Computer.get_projects is compat._get_projects_tolerating_other_runs
+
+
+def test_quiet_start(workdir, synthetic_data_dir, capfd, monkeypatch):
+    """A run's start prints its name and uuid, and neither labml's "Prepare ..." lines, nor the git notice, nor the
+    repository's last commit message; the progress and the epoch lines are still printed."""
+    from experiments.train import main as train
+    monkeypatch.chdir(workdir)  # no git repository here: labml would print its notice
+    assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu', 'epochs=2']) == 0
+    out = re.sub(r'\x1b\[[0-9;]*m', '', capfd.readouterr().out)  # without labml's colours
+    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
+    assert f'evidence_mnist: {run.name}' in out
+    for noise in ('Prepare ', 'Not a valid git repository', '[clean]', '[dirty]'):
+        assert noise not in out, noise
+    assert 'Train:' in out and 'epoch 1/2: train acc' in out and 'epoch 2/2: train acc' in out
+    assert 'median u right' in out and 'ETA' in out
