@@ -50,12 +50,15 @@ class BayesConfigs(LeNetExperimentConfigs):
     # Initial posterior $\sigma$ and its floor $\sigma_{\min}$ (README: 0.1, the Pyro tutorial's, drowns the
     # LeNet's weights, ~0.035 in its 800 -> 500 layer, in noise: held-out accuracy 10 % after an epoch; 0.005: 96 %)
     sigma_init: float = 0.005
+    # Floor of the posterior standard deviation: σ = softplus(ρ) + sigma_min
     sigma_min: float = 1e-5
     # Weight $\beta$ of the KL term (1: the ELBO)
     beta: float = 1.0
     # Annealing $\lambda_t$ of the KL term as a function of samples seen (the evidential experiment's schedules)
     kl_schedule: Callable[[int], float]
+    # Points (fraction of training, $\lambda$) of the `piecewise` schedule
     kl_div_coef_schedule: List[Tuple[float, float]] = [(0, 0.), (0.2, 0.01), (1, 1.)]
+    # $\lambda$ of the `constant` schedule
     kl_coef: float = 1.0
     # Sampled networks averaged at evaluation; 0: the posterior-mean network
     mc_samples: int = 30

@@ -50,9 +50,13 @@ class CircuitConfigs(MNISTExperimentConfigs):
 
     # The circuit, chosen by name
     model: nn.Module
+    # How pixels are grouped into regions: `quad-tree-2` (the tutorial's) or `random-binary-tree` (RAT-SPN, seeded)
     region_graph: str = 'quad-tree-2'
+    # Categorical input units per pixel (the tutorial: 64)
     num_input_units: int = 32
+    # Sum units per region (the tutorial: 64)
     num_sum_units: int = 32
+    # Sum-product layers: `cp` (the tutorial's) or `tucker`
     layer_type: str = 'cp'
     # `layer` (cirkit's `num_classes`: the last sum-product layer has one unit per class) or `mixture` (one sum
     # unit per class over the root region's units)

@@ -20,14 +20,17 @@ of it (in the spirit of nanoGPT's configurator):
   stderr and exits with code 2).
 """
 import ast
+import difflib
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin
 
 from labml_nn.optimizers.configs import OptimizerConfigs
 
 from configs.compat import declarations
-from configs.registry import Check, Preset, fraction_open, non_negative, positive
+from configs.registry import Check, Preset, fraction_open, non_negative, one_of, positive
 
 
 
@@ -111,8 +114,7 @@ CHECKS: Dict[str, Check] = {
     'log_interval': positive,
     'seed': lambda v: None if 0 <= v < 2 ** 63 else 'must be in [0, 2**63)',
     'holdout': _holdout,
-    'lr_schedule': lambda v: None if v in ('constant', 'cosine', 'cosine_epochs') else
-    'must be constant, cosine or cosine_epochs',
+    'lr_schedule': one_of(('constant', 'cosine', 'cosine_epochs')),
     'lr_period_epochs': positive,
     'device': _device,
     'dashboard': _url,
@@ -123,6 +125,42 @@ CHECKS: Dict[str, Check] = {
     'optimizer.betas': _betas,
     'optimizer.warmup': non_negative,
 }
+
+
+#: What labml_nn's optimizer keys mean (their class has no comments of ours to read)
+OPTIMIZER_HELP = {
+    'optimizer': 'the optimizer', 'learning_rate': 'its learning rate',
+    'weight_decay': 'weight decay (L2) coefficient', 'weight_decouple': 'decoupled weight decay (AdamW style)',
+    'weight_decay_absolute': 'weight decay not scaled by the learning rate (with weight_decouple)',
+    'betas': 'Adam-type moment coefficients (beta1, beta2)', 'eps': 'Adam-type denominator epsilon',
+    'momentum': 'SGD momentum', 'amsgrad': 'the AMSGrad variant of Adam', 'warmup': 'learning-rate warm-up steps',
+}
+_DECLARATION = re.compile(r'^    ([A-Za-z_][A-Za-z0-9_]*)\s*:')
+
+
+def key_help(configs_class) -> Dict[str, str]:
+    """Each key's meaning: the comment lines right above its declaration in the Configs classes of this project
+    (the most derived class that declares the key with a comment wins)."""
+    meanings: Dict[str, str] = {}
+    for cls in configs_class.__mro__:
+        if not cls.__module__.startswith(('configs.', 'tests.')):
+            continue
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            continue
+        comment: List[str] = []
+        for line in lines:
+            stripped = line.strip()
+            match = _DECLARATION.match(line)
+            if stripped.startswith('#') and line.startswith('    #'):
+                comment.append(stripped.lstrip('#').strip())
+            elif match and comment:
+                meanings.setdefault(match.group(1), ' '.join(comment))
+                comment = []
+            else:
+                comment = []
+    return meanings
 
 
 def _labml_fields(conf, prefix: str = '') -> Dict[str, Field]:
@@ -142,6 +180,9 @@ def schema(configs_class, extra_defaults: Dict[str, Any]) -> Dict[str, Field]:
     fields['optimizer.optimizer'].options = list(OPTIMIZERS)
     for k, v in extra_defaults.items():
         fields[k].default = v
+    meanings = key_help(configs_class)
+    for k, f in fields.items():
+        f.help = OPTIMIZER_HELP.get(k[len('optimizer.'):], '') if k.startswith('optimizer.') else meanings.get(k, '')
     return dict(sorted(fields.items()))
 
 
@@ -230,7 +271,9 @@ def coerce(f: Field, raw: Any) -> Any:
     value = parse_literal(raw) if isinstance(raw, str) else raw
     if f.is_option:
         if not isinstance(raw, str) or raw not in f.options:
-            raise UsageError(f"{f.key}={_shown(raw)}: unknown option; valid: {', '.join(f.options)}")
+            close = difflib.get_close_matches(str(raw), f.options, n=2, cutoff=0.5) if isinstance(raw, str) else []
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ''
+            raise UsageError(f"{f.key}={_shown(raw)}: unknown option{hint}; valid: {', '.join(f.options)}")
         return raw
     t = get_origin(f.type) or f.type
     if t is str:
@@ -297,7 +340,8 @@ def validate(fields: Dict[str, Field], values: Dict[str, Any],
         if key not in fields:
             if key in HIDDEN_KEYS:
                 raise UsageError(f"{key} cannot be set: it is derived by the experiment")
-            close = [k for k in fields if k.split('.')[-1] == key.split('.')[-1] or key in k]
+            close = list(dict.fromkeys(difflib.get_close_matches(key, fields, n=3, cutoff=0.6) +
+                                       [k for k in fields if k.split('.')[-1] == key.split('.')[-1] or key in k]))
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ''
             raise UsageError(f"unknown key {key!r}{hint}; see --help for the list")
         value = coerce(fields[key], raw)
@@ -306,17 +350,23 @@ def validate(fields: Dict[str, Field], values: Dict[str, Any],
     return out
 
 
-def format_help(prog: str, fields: Dict[str, Field], presets: Dict[str, Preset]) -> str:
+def format_help(prog: str, fields: Dict[str, Field], presets: Dict[str, Preset],
+                checks: Optional[Dict[str, Check]] = None) -> str:
+    """`--help`: the presets, then every key with its type, default, allowed values (options, and the names a
+    string key takes) and meaning."""
     lines = [f"usage: python -m {prog} [preset=NAME] [key=value ...]", '',
              'Values are Python literals (3e-4, True, [(0, 0.), (1, 1.)]) or plain strings.', '',
              'presets:']
     for name, p in presets.items():
         lines.append(f"  {name:<10} {p.description}")
-    lines += ['', 'keys (default; options):']
+    lines += ['', 'keys: type, default [allowed values]; meaning']
     for f in fields.values():
         default = repr(f.default) if f.default is not None else '-'
-        opts = f"  [{' | '.join(f.options)}]" if f.options else ''
+        choices = f.options or getattr((checks or {}).get(f.key), 'choices', None)
+        opts = f"  [{' | '.join(choices)}]" if choices else ''
         lines.append(f"  {f.key:<26} {_type_name(f.type) if not f.options else 'option':<8} {default}{opts}")
+        if f.help:
+            lines.append(f"      {f.help}")
     return '\n'.join(lines)
 
 
@@ -331,7 +381,7 @@ def resolve(argv: List[str], family) -> Tuple[Dict[str, Any], Dict[str, Any], bo
     fields = schema(family.configs, family.defaults)
     checks = {**CHECKS, **family.checks}
     if want_help:
-        print(format_help(family.prog, fields, family.presets))
+        print(format_help(family.prog, fields, family.presets, checks))
         return {}, {}, True
     values = validate(fields, family.defaults, checks)
     if preset_name is not None:

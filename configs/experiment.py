@@ -91,7 +91,9 @@ class MNISTExperimentConfigs(BaseConfigs):
     # Seed of parameter initialisation, dropout, holdout split and shuffling
     seed: int = 5
 
+    # Passes over the training set
     epochs: int = 10
+    # Training images per optimizer step
     train_batch_size: int = 64
     # Evaluation batch size: ~256 images keep activations in cache (measured fastest on CPU)
     valid_batch_size: int = 256

@@ -33,9 +33,9 @@ class LeNetExperimentConfigs(MNISTExperimentConfigs):
     # Dropout before the last layer
     dropout: float = 0.5
 
-    # Light augmentation of training images: random shifts up to this many pixels ...
+    # Augmentation of training images: random shifts up to this many pixels (0: none)
     augment_shift: float = 0.0
-    # ... and random rotations up to this many degrees (0 and 0: none)
+    # Augmentation of training images: random rotations up to this many degrees (0: none)
     augment_rotate: float = 0.0
 
     # Synthetic outliers (`evidential/outliers.py`) trained towards "don't know": weight of their loss, 0 = off

@@ -13,6 +13,7 @@ which sweeps apply), `experiments.compare` (labels) and the tests (one contract 
 Adding a family: its model code in `evidential/`, its `configs/<family>.py` with a `FAMILY`, one line
 in `FAMILIES` below, and a three-line entry point `experiments/<name>.py`.
 """
+import difflib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -56,9 +57,17 @@ def non_negative(v): return None if v >= 0 else 'must be >= 0'
 def fraction_open(v): return None if 0 <= v < 1 else 'must be in [0, 1)'
 
 
-def one_of(choices) -> Check:
-    """A check for a name among `choices`."""
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+class one_of:
+    """A check for a name among `choices` (`--help` lists them)."""
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def __call__(self, v) -> Optional[str]:
+        if v in self.choices:
+            return None
+        close = difflib.get_close_matches(str(v), self.choices, n=2, cutoff=0.5)
+        return f"must be one of {', '.join(self.choices)}" + (f" (did you mean {' or '.join(close)}?)" if close else '')
 
 
 def between(lo, hi) -> Check:

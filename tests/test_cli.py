@@ -1,12 +1,16 @@
 """The command line of `python -m experiments.evidence_mnist`: every bad input through the `main()` the
 process runs (in process, fast), and a few of them, `--help` and missing data as real processes."""
+import os
+import subprocess
+import sys
+
 import pytest
 
-from configs.cli import UsageError, check, coerce, parse_argv, parse_literal, schema, validate
+from configs.cli import CHECKS, UsageError, check, coerce, parse_argv, parse_literal, schema, validate
 from configs.evidence import EvidenceConfigs
 from configs.evidence import DEFAULTS, PRESETS
 from experiments.evidence_mnist import main
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 MODULE = 'experiments.evidence_mnist'
 
@@ -119,3 +123,37 @@ def test_device_problems_are_told_apart_by_the_error_type():
         check('device', 'foo')
     with pytest.raises(UsageError, match=r"^device='cuda:99': (CUDA is not available|only \d+ CUDA device)"):
         check('device', 'cuda:99')
+
+
+def test_help_says_what_every_key_means_and_the_names_a_string_key_takes():
+    from configs import registry
+    from configs.cli import format_help
+    for family in registry.all_families():
+        fields = schema(family.configs, family.defaults)
+        assert not [k for k, f in fields.items() if not f.help], family.name  # every key has its meaning
+        text = format_help(family.prog, fields, family.presets, {**CHECKS, **family.checks})
+        assert 'lr_schedule' in text and '[constant | cosine | cosine_epochs]' in text
+    circuit = registry.get('circuit_mnist')
+    text = format_help(circuit.prog, schema(circuit.configs, circuit.defaults), circuit.presets,
+                       {**CHECKS, **circuit.checks})
+    assert '[quad-tree-2 | random-binary-tree]' in text and '[cp | tucker]' in text
+    # the meaning is the comment above the key in its Configs class
+    assert schema(EvidenceConfigs, DEFAULTS)['dropout'].help == 'Dropout before the last layer'
+
+
+@pytest.mark.parametrize('arg, suggestion', [
+    ('epoch=3', 'did you mean epochs'),
+    ('loss_func=cross_entropy', 'did you mean cross_entropy_bayes_risk?'),
+    ('optimizer.optimizer=adam', 'did you mean Adam'),
+    ('lr_schedule=cosin', 'did you mean cosine'),
+])
+def test_a_near_miss_suggests_the_closest_names(arg, suggestion):
+    with pytest.raises(UsageError, match=suggestion):
+        validate(schema(EvidenceConfigs, DEFAULTS), dict([arg.split('=')]), CHECKS)
+
+
+def test_help_into_a_pipe_that_closes_early_prints_no_error(workdir):
+    """`--help | head -1`, as a real shell pipeline: the first line, and nothing on stderr."""
+    r = subprocess.run(f"{sys.executable} -m {MODULE} --help | head -1", shell=True, cwd=workdir, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.stdout.startswith('usage: python -m experiments.evidence_mnist') and r.stderr == ''
