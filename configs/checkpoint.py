@@ -232,6 +232,33 @@ def save_values(run_dir: Path, values: Dict[str, Any]) -> None:
         raise RunWriteError(run_dir / VALUES_FILE, e) from None
 
 
+class RunFileError(CheckpointError):
+    """A file of a run folder is too large, or is YAML with aliases: not written by this app or labml."""
+
+
+#: Bytes a YAML file of a run folder (`configs.yaml`, `indicators.yaml`) may have: far above what labml writes
+RUN_YAML_LIMIT = 16 * 1024 * 1024
+
+
+def load_run_yaml(path: Path, limit: int = RUN_YAML_LIMIT) -> Any:
+    """
+    A YAML file of a run folder, as data. Raises `RunFileError` for a file over `limit` bytes and for YAML
+    aliases (`*name`), which labml never writes: a few hundred bytes of nested aliases expand to gigabytes
+    (a "billion laughs" file), and `yaml.safe_load` expands them all. Invalid YAML raises `yaml.YAMLError`.
+    """
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                raise RunFileError(f"{path}: YAML aliases are refused (this app and labml never write them)")
+            return super().compose_node(parent, index)
+
+    if path.stat().st_size > limit:
+        raise RunFileError(f"{path}: larger than {limit:,} bytes; not a file of this app")
+    return yaml.load(path.read_text(), Loader=NoAliases)  # noqa: S506 - a SafeLoader that refuses aliases
+
+
 def load_values(run_dir: Path) -> Dict[str, Any]:
     path = run_dir / VALUES_FILE
     if not path.exists():

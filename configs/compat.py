@@ -180,12 +180,17 @@ def file_writer_path(writer) -> Path:
 
 def write_only_to(writer) -> None:
     """
-    Makes `writer` the only writer of labml's tracker (no screen writer, no other run's writers), outside a labml
-    run; `detach_writers` ends it. Fails: `tests/test_labml_compat.py::test_tracker_writes_only_to_one_writer`.
+    Makes `writer` the only writer of labml's tracker (no screen writer, no other run's writers, and no
+    `indicators.yaml` of a run trained earlier in this process, which labml would otherwise rewrite: its tracker
+    keeps that file's path), outside a labml run; `detach_writers` ends it.
+    Fails: `tests/test_labml_compat.py::test_tracker_writes_only_to_one_writer`.
     """
     from labml.internal.tracker import tracker_singleton
     t = tracker_singleton()
     t.reset_writers()
+    if not hasattr(t, '_Tracker__indicators_file'):
+        raise RuntimeError("labml's tracker no longer keeps `__indicators_file`; see configs/compat.py")
+    t._Tracker__indicators_file = None  # labml keeps it in this name-mangled attribute, and has no setter
     t.add_writer(writer)
 
 

@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from labml import experiment, lab
 
 from configs import registry
-from configs.checkpoint import BEFORE_CHECKPOINT, CheckpointError, LogGuard, find_run, \
+from configs.checkpoint import BEFORE_CHECKPOINT, VALUES_FILE, CheckpointError, LogGuard, find_run, \
     first_write_error, load_checkpoint, load_values, save_values, training_pid
-from configs.cli import UsageError, check, resolve
+from configs.cli import CHECKS, UsageError, check, resolve, schema, validate
 from configs.compat import quiet_start, set_values, tolerate_concurrent_starts, use_lab_file
 from configs.experiment import Interrupted, MNISTExperimentConfigs
 
@@ -33,9 +33,22 @@ from configs.experiment import Interrupted, MNISTExperimentConfigs
 RESUME_OVERRIDABLE = registry.NOT_TRAINING | {'resume', 'epochs', 'optimizer.learning_rate'}
 
 
-def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], experiment_name: str):
-    run_dir = find_run(values['resume'], Path(lab.get_experiments_path()), experiment_name)
+def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], family):
+    """The run to resume and its values: the saved ones (checked as the command line checks values) with the
+    overrides a resume may change. labml writes a resumed run into `<experiments path>/<family>/<uuid>`, so a
+    folder elsewhere (a copy, another project's run) is refused rather than read here and written there."""
+    experiments_path = Path(lab.get_experiments_path())
+    run_dir = find_run(values['resume'], experiments_path, family.name)
+    home = experiments_path / family.name / run_dir.name
+    if not home.is_dir() or home.resolve() != run_dir.resolve():
+        raise UsageError(f"resume={values['resume']}: that run folder is not {home}, where this project keeps that "
+                         f"run and where training would write; resume it from its own project folder (where its "
+                         f".labml.yaml is), or by its uuid")
     saved = load_values(run_dir)
+    try:
+        validate(schema(family.configs, family.defaults), saved, {**CHECKS, **family.checks})
+    except UsageError as e:
+        raise UsageError(f"{run_dir / VALUES_FILE}: {e}") from None
     changed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE and overrides[k] != saved.get(k))
     if changed:
         raise UsageError(f"cannot change {', '.join(changed)} when resuming run {run_dir.name}; "
@@ -102,7 +115,7 @@ def prepare(family: registry.Family, argv: List[str],
         return None
     resume_state, uuid = None, None
     if values.get('resume'):
-        run_dir, values = _resume_values(values, overrides, family.name)
+        run_dir, values = _resume_values(values, overrides, family)
         resume_state = load_checkpoint(run_dir)
         if resume_state['status'] == 'completed' and resume_state['epoch'] >= values['epochs']:
             raise UsageError(f"run {run_dir.name} already finished its {resume_state['epoch']} epochs; "

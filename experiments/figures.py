@@ -9,6 +9,7 @@ The perturbations they show are computed in `evidential/perturbations.py` and ru
 Entropies are in nats, like `evidential.metrics.entropy`.
 """
 
+import io
 import math
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
@@ -58,10 +59,13 @@ def _image2d(img, name: str) -> np.ndarray:
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
+    """Writes the PNG as a new file renamed over `path`: a symbolic link there is replaced, never followed."""
+    from configs.checkpoint import atomic_write_bytes
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()), sync=False)
     return path
 
 

@@ -66,13 +66,17 @@ def run_config(run_dir: Path) -> Dict[str, Any]:
     Every setting of a run, from labml's `configs.yaml`: the option name where one was chosen (`lenet`,
     `constant`), else the computed value when it is plain data (numbers, strings, lists). Objects (the
     model, the data) are left out, and so are `NOT_SETTINGS` and configurations labml never computed (runs
-    made before every configuration was computed at start lack those). Empty when the file is unreadable.
+    made before every configuration was computed at start lack those). Empty when the file is missing or
+    unreadable; raises `CompareError` for one that is not labml's (YAML aliases, far too large).
     """
     import yaml
+    from configs.checkpoint import RunFileError, load_run_yaml
     try:
-        saved = yaml.safe_load((run_dir / 'configs.yaml').read_text())
+        saved = load_run_yaml(run_dir / 'configs.yaml')
     except (OSError, yaml.YAMLError):
         return {}
+    except RunFileError as e:
+        raise CompareError(str(e)) from None
     if not isinstance(saved, dict):
         return {}
     config = {}

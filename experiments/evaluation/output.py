@@ -45,6 +45,9 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
     (entries added, nothing removed) change.
     """
     from labml import tracker
+    for name in ('log.jsonl', 'indicators.yaml'):
+        if (run_dir / name).is_symlink():  # labml's writer appends through it: to a file outside the run
+            raise EvaluateWriteError(f"{run_dir / name} is a symbolic link; the results are not appended to it")
     writer = new_file_writer(run_dir / 'log.jsonl')
     guard = LogGuard(writer)  # written here, in this thread, as whole lines: a full disk cannot cut the log's last line
     write_only_to(writer)  # no screen writer, no other run's writers
@@ -64,9 +67,10 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
 
 def _add_indicator_definitions(path: Path, definitions: Dict[str, Any]) -> None:
     import yaml
+    from configs.checkpoint import RunFileError, load_run_yaml
     try:
-        data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    except (OSError, yaml.YAMLError) as e:
+        data = load_run_yaml(path) if path.exists() else {}
+    except (OSError, yaml.YAMLError, RunFileError) as e:
         print(f"note: {path} left unchanged ({type(e).__name__})", file=sys.stderr)
         return
     if not isinstance(data, dict):
