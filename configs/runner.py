@@ -44,6 +44,11 @@ def _resume_values(values: Dict[str, Any], overrides: Dict[str, Any], family):
         raise UsageError(f"resume={values['resume']}: that run folder is not {home}, where this project keeps that "
                          f"run and where training would write; resume it from its own project folder (where its "
                          f".labml.yaml is), or by its uuid")
+    links = sorted(p.name for p in run_dir.iterdir() if p.is_symlink())
+    if links:  # labml appends to its log and rewrites its files by opening them: through a link, to its target
+        raise UsageError(f"resume={values['resume']}: {', '.join(links)} in {run_dir} "
+                         f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}; a run folder of this "
+                         f"app holds none")
     saved = load_values(run_dir)
     try:
         validate(schema(family.configs, family.defaults), saved, {**CHECKS, **family.checks})

@@ -79,3 +79,14 @@ def test_a_yaml_alias_bomb_is_one_line_and_exit_2(run, workdir, capsys):
     assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'YAML aliases are refused' in err[0]
+
+
+def test_resume_of_a_folder_holding_a_symbolic_link_is_refused(run, tmp_path, capsys):
+    target = tmp_path / 'precious.log'
+    target.write_text('mine\n')
+    (run / 'log.jsonl').unlink()
+    (run / 'log.jsonl').symlink_to(target)
+    assert train('evidence_mnist', [f'resume={run.name}', 'epochs=2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'log.jsonl' in err[0] and 'symbolic link' in err[0]
+    assert target.read_text() == 'mine\n'
