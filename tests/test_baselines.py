@@ -276,7 +276,7 @@ def test_sampled_prediction_mutual_information():
     (mc_dropout_mnist.main, ['mc_samples=0'], 'mc_samples=0: must be in [1, 1,000]'),
     (mc_dropout_mnist.main, ['mc_samples=5000'], 'mc_samples=5000: must be in [1, 1,000]'),
     (ensemble_mnist.main, ['ensemble_size=0'], 'ensemble_size=0: must be in [1, 100]'),
-    (ensemble_mnist.main, ['model=lenet'], 'model=lenet: unknown option; valid: lenet_ensemble'),
+    (ensemble_mnist.main, ['model=lenet'], 'model=lenet: unknown option (did you mean lenet_ensemble?); valid: lenet_ensemble'),
 ])
 def test_bad_baseline_settings_exit_2(main, args, message, workdir, synthetic_data_dir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
