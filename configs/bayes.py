@@ -47,7 +47,7 @@ class BayesConfigs(LeNetExperimentConfigs):
     model: nn.Module
     # Standard deviation of the prior $\mathcal{N}(0, s^2)$ of every weight and bias
     prior_scale: float = 1.0
-    # Initial posterior $\sigma$ and its floor $\sigma_{\min}$ (README: 0.1, the Pyro tutorial's, drowns the
+    # Initial posterior $\sigma$ and its floor $\sigma_{\min}$ (docs/families.md: 0.1, the Pyro tutorial's, drowns the
     # LeNet's weights, ~0.035 in its 800 -> 500 layer, in noise: held-out accuracy 10 % after an epoch; 0.005: 96 %)
     sigma_init: float = 0.005
     # Floor of the posterior standard deviation: σ = softplus(ρ) + sigma_min

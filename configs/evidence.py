@@ -92,8 +92,8 @@ class EvidenceConfigs(LeNetExperimentConfigs):
             if share > 0:
                 notes.append(f"{share:.1%} of the {split_name} images have a top logit at or above "
                              f"{EXP_MAX_LOGIT:g}, the clamp of the exp head: their u sees only the evidence for "
-                             f"the other classes, not how confident the network is (README: the plateau of the "
-                             f"clamped exp head); outputs_to_evidence=exp_linear has no plateau")
+                             f"the other classes, not how confident the network is (docs/results.md: the plateau "
+                             f"of the clamped exp head); outputs_to_evidence=exp_linear has no plateau")
         return notes
 
     def nonfinite_hint(self) -> str:
@@ -173,7 +173,7 @@ PRESETS = {
             'kl_schedule': 'Sec. 4: lambda_t = min(1, t/10), t the epoch index',
         }),
     'tuned': Preset(
-        'the default: best uncertainty found on held-out data within ~2.5 CPU-minutes (see README)',
+        'the default: best uncertainty found on held-out data within ~2.5 CPU-minutes (see docs/results.md)',
         {k: DEFAULTS[k] for k in ('outputs_to_evidence', 'loss_func', 'kl_schedule', 'kl_coef',
                                   'optimizer.weight_decay', 'lr_schedule', 'augment_shift', 'augment_rotate',
                                   'outlier_coef', 'holdout', 'epochs')},
@@ -185,7 +185,7 @@ PRESETS = {
             'loss_func': 'Eq. 4 with exp matched or beat SSE, Type II ML and R-EDL on held-out accuracy and AURC; '
                          'I-EDL\'s Fisher loss was under-confident (held-out ECE 9%)',
             'kl_schedule': 'a small constant KL weight: chosen on held-out data (10% of training + Fashion-MNIST '
-                           'train as OOD) over the paper ramp, off, 0.1 and 0.03 (README, Results)',
+                           'train as OOD) over the paper ramp, off, 0.1 and 0.03 (docs/results.md)',
             'kl_coef': '0.01: held-out ECE 0.39% (paper ramp 1.55%), Fashion AUROC by u 0.990 (0.976), AURC 0.020% '
                        '(0.027%); off lost u\'s ranking of errors (AURC 0.86%); 0.005 detected OOD a little better '
                        'but calibrated and ranked errors worse on 2 of 3 seeds',
@@ -195,7 +195,7 @@ PRESETS = {
             'augment_rotate': 'random rotations of up to 10 degrees, same reason',
             'outlier_coef': 'jigsaw-shuffled digits pulled towards no evidence, weight 0.03: held-out Fashion AUROC by u '
                             '0.9950 +- 0.0035 over 3 seeds (none: 0.9874 +- 0.0037), AURC 0.033% (0.066%); '
-                            '0.01 / 0.1 / 0.3 and 4x4 tiles were no better (README, Results)',
+                            '0.01 / 0.1 / 0.3 and 4x4 tiles were no better (docs/results.md)',
             'holdout': 'validate on 10% of the training set; the test set is only for the final figure',
             'epochs': '20 epochs: ~130 s on 2 CPU cores with the outliers; 40 gave the same accuracy with worse AURC',
         }),

@@ -90,7 +90,7 @@ class Family:
     name: str
     # The labml Configs class
     configs: type
-    # One line for `--help` and the README
+    # One line for `--help` and `python -m experiments.train --list`
     description: str
     # Values every run starts from (every option has an explicit default, so configs.yaml names what was used)
     defaults: Dict[str, Any]

@@ -13,7 +13,7 @@ outliers here are made from the training batch itself: each image is cut into a
 $g \times g$ grid of tiles and the tiles are put back in a random order that is never the original one.
 Strokes, their thickness and the ink histogram are those of digits, but the shape is no digit —
 like the stroke-like non-digits (Fashion-MNIST's sandals and dresses) that a model trained without
-outliers was most confident on (README, Results).
+outliers was most confident on (docs/results.md).
 
 Pure tensors in, tensors out; the random draws come from the given CPU generator (reproducible, and
 a resumed run continues the same sequence).

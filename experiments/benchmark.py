@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,7 +208,7 @@ FAMILY_DEFAULTS = {'evidence': ('labml_nn', 1, 64), 'packed': ('torch_uncertaint
                    'bayes': ('pyro', 1, 64)}
 
 
-def _main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], prog='python -m experiments.benchmark')
     p.add_argument('--family', choices=list(FAMILY_DEFAULTS), default='evidence',
                    help='evidence (default): labml_nn; packed: TorchUncertainty; bayes: Pyro')
@@ -227,14 +228,27 @@ def _main(argv=None) -> int:
     p.add_argument('--test-images', type=int, default=0,
                    help='--family bayes: score the first N test images only (default 0: all)')
     p.add_argument('--child', choices=['ours'], help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None, p: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
+    """The benchmark's options, checked (exits with argparse's usage error on a bad one); runs nothing."""
+    p = p or _parser()
     args = p.parse_args(argv)
-    ref_name, default_epochs, default_batch = FAMILY_DEFAULTS[args.family]
+    _, default_epochs, default_batch = FAMILY_DEFAULTS[args.family]
     args.epochs = default_epochs if args.epochs is None else args.epochs
     args.batch_size = default_batch if args.batch_size is None else args.batch_size
     if args.epochs < 1 or args.batch_size < 1 or args.repeats < 1:
         p.error('--epochs, --batch-size and --repeats must be >= 1')
     if args.mc_samples < 1 or args.test_images < 0:
         p.error('--mc-samples must be >= 1 and --test-images >= 0')
+    return args
+
+
+def _main(argv=None) -> int:
+    p = _parser()
+    args = parse_args(argv, p)
+    ref_name = FAMILY_DEFAULTS[args.family][0]
 
     # The contenders run in a temporary folder: a relative --data-dir means the caller's folder
     args.data_dir = str(Path(args.data_dir if args.data_dir is not None else _lab_data_path()).expanduser().resolve())

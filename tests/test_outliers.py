@@ -148,7 +148,7 @@ def test_outliers_make_the_model_withhold_evidence_from_unfamiliar_images(workdi
     """One epoch on real MNIST with and without outliers (same seed): with them, u is higher on Fashion-MNIST
     (never seen) and on jigsaw-shuffled *test* digits (unseen images and permutations); accuracy stays.
 
-    (After one epoch the outliers also raise u on digits, so the AUROC gain needs the full budget: README.)
+    (After one epoch the outliers also raise u on digits, so the AUROC gain needs the full budget: docs/results.md.)
     """
     from torchvision.datasets import FashionMNIST
     from configs.runner import load_trained

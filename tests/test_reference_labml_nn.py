@@ -99,7 +99,7 @@ def test_missing_files_fail_without_download(tmp_path):
 
 
 def test_benchmark_end_to_end_with_a_relative_data_dir(synthetic_data_dir):
-    """`python -m experiments.benchmark` as the README runs it: a data folder relative to the caller's folder
+    """`python -m experiments.benchmark` as docs/benchmark.md runs it: a data folder relative to the caller's folder
     (the contenders run in a temporary folder), both contenders on the same files, their runs interleaved,
     the ratios printed last."""
     proc = subprocess.run(

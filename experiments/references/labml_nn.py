@@ -297,8 +297,10 @@ def run_labml_nn_reference(data_dir: str, epochs: int, batch_size: int, device: 
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """The reference's options (argparse exits on a bad one); runs nothing."""
+    parser = argparse.ArgumentParser(prog='python -m experiments.references.labml_nn',
+                                     description=__doc__.split('\n', 1)[0])
     parser.add_argument('--data-dir', required=True, help='folder holding MNIST/raw')
     parser.add_argument('--epochs', type=int, default=1)
     parser.add_argument('--batch-size', type=int, default=64)
@@ -306,7 +308,11 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quiet', action='store_true',
                         help="discard labml's console output instead of sending it to stderr")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     real_stdout = sys.stdout
     # labml prints its notices / progress bars with print(); keep stdout pure JSON.
