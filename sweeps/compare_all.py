@@ -7,7 +7,7 @@ evaluated on the test set; trained on the data folder given as `data_dir=DIR` (t
     python -m experiments.sweep sweeps/compare_all.py data_dir=DIR --jobs 2      # long: 24 runs took 71 min on 2 CPU cores
 
 `key=value` arguments are added to every run (`data_dir=...`, `dashboard=...`, `epochs=1` to try it quickly).
-The table (`logs/sweeps/compare_all/comparison.md`) has the columns below; `comparison.json` has every metric.
+The table (`logs/sweeps/compare_all/comparison.md`) has the columns below; `sweep.json` has every metric of each run.
 """
 from configs.registry import names
 

@@ -386,10 +386,11 @@ def _in_namespace(code: str, cwd: Path, timeout: float = 240):
 
 def _local_table(project: Path, runs: list) -> dict:
     """The local engine's table over some of its runs, as the sweep builds it (compare --over-seeds)."""
-    from experiments.compare import build, label_rows, load_row, over_seeds
+    from experiments.compare import build, headline_columns, label_rows, load_row, over_seeds
     rows = [load_row(str(project / 'logs' / 'evidence_mnist' / r['uuid']), project / 'logs', 'test') for r in runs]
     label_rows(rows)
-    return build(over_seeds(rows))
+    rows = over_seeds(rows)
+    return build(rows, headline_columns(rows))
 
 
 @pytest.fixture(scope='module')

@@ -12,10 +12,11 @@ TRAIN_COLUMN = 'train_s'
 def write_table(sweep: SweepState) -> Optional[str]:
     """`compare --over-seeds` over the evaluated runs, with each run's training time (`train_s`, the wall time
     of its training process) as a column: comparison.md / comparison.json in the sweep folder, with the sweep
-    file's `columns` where it gives them."""
+    file's `columns` where it gives them, else `compare`'s headline columns (every metric of every run is in
+    sweep.json)."""
     from configs.checkpoint import atomic_write_bytes
-    from experiments.compare import (JSON_FILE, MARKDOWN_FILE, CompareError, build, label_rows, load_row,
-                                     markdown, over_seeds)
+    from experiments.compare import (JSON_FILE, MARKDOWN_FILE, CompareError, build, headline_columns, label_rows,
+                                     load_row, markdown, over_seeds)
     done = [r for r in sweep.runs if r.get('status') == 'done']
     if not done:
         return None
@@ -25,10 +26,10 @@ def write_table(sweep: SweepState) -> Optional[str]:
     label_rows(rows)
     rows = over_seeds(rows)
     try:
-        table = build(rows, sweep.columns)
+        table = build(rows, sweep.columns or headline_columns(rows))
     except CompareError as e:
-        print(f"warning: {e}; the table has every column", file=sys.stderr)
-        table = build(rows)
+        print(f"warning: {e}; the table has the headline columns", file=sys.stderr)
+        table = build(rows, headline_columns(rows))
     text = markdown(table)
     atomic_write_bytes(sweep.folder / MARKDOWN_FILE, lambda f: f.write(text.encode()), sync=False)
     data = json.dumps(table, indent=2) + '\n'
