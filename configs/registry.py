@@ -111,14 +111,20 @@ class Family:
         return f'experiments.{self.name}'
 
 
+def load_entry(entries: Dict[str, str], name: str, attribute: str, kind: str) -> Any:
+    """The object `attribute` of the module registered as `name` in `entries` (a registry: name → module),
+    imported on first use; raises `KeyError` with the known names, `RuntimeError` where its `name` differs."""
+    if name not in entries:
+        raise KeyError(f"unknown {kind} {name!r}; known: {', '.join(entries)}")
+    entry = getattr(importlib.import_module(entries[name]), attribute)
+    if entry.name != name:
+        raise RuntimeError(f"{entries[name]}.{attribute} is called {entry.name!r}, registered as {name!r}")
+    return entry
+
+
 def get(name: str) -> Family:
     """The family called `name`; raises `KeyError` with the known names."""
-    if name not in FAMILIES:
-        raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
-    family = importlib.import_module(FAMILIES[name]).FAMILY
-    if family.name != name:
-        raise RuntimeError(f"{FAMILIES[name]}.FAMILY is called {family.name!r}, registered as {name!r}")
-    return family
+    return load_entry(FAMILIES, name, 'FAMILY', 'family')
 
 
 def names() -> List[str]:

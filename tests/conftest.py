@@ -52,3 +52,14 @@ def workdir(tmp_path) -> Path:
     """An empty project-like folder: labml writes logs/ and data/ here, not into the repo."""
     (tmp_path / '.labml.yaml').write_text('data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n')
     return tmp_path
+
+
+@pytest.fixture
+def smoke_run(workdir, synthetic_data_dir, monkeypatch) -> Path:
+    """A finished smoke run of the evidential family (trained in this process, in `workdir`, which is the working
+    directory): its run folder."""
+    from experiments.train import main as train
+    monkeypatch.chdir(workdir)
+    assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
+    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
+    return run

@@ -13,22 +13,11 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from configs.checkpoint import CheckpointError, load_checkpoint
 from experiments import compare, evaluate
-from experiments.train import main as train
 from tests.conftest import ROOT
 
 QUICK = ['--fgsm-samples', '32', '--missing-samples', '32']
-
-
-@pytest.fixture
-def run(workdir, synthetic_data_dir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
-    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
-    return run
 
 
 def _checkpoint_epoch(run) -> int:
@@ -91,7 +80,8 @@ def test_a_live_run_is_refused_unless_allowed_and_compare_marks_it_stale(workdir
     assert row['stale'] is None and 'STALE' not in row['label']
 
 
-def test_a_partial_re_evaluation_keeps_what_it_did_not_recompute(run, capsys):
+def test_a_partial_re_evaluation_keeps_what_it_did_not_recompute(smoke_run, capsys):
+    run = smoke_run
     assert evaluate.main([str(run), *QUICK]) == 0
     first = json.loads((run / 'evaluation.json').read_text())
     figure = (run / 'eval_fgsm.png').read_bytes()

@@ -20,15 +20,8 @@ def _bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def run(workdir, synthetic_data_dir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
-    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
-    return run
-
-
-def test_resume_from_a_folder_elsewhere_is_refused_and_changes_no_run(run, tmp_path, capsys):
+def test_resume_from_a_folder_elsewhere_is_refused_and_changes_no_run(smoke_run, tmp_path, capsys):
+    run = smoke_run
     copy = tmp_path / 'elsewhere' / run.name
     shutil.copytree(run, copy)
     before, copy_before = _bytes(run), _bytes(copy)
@@ -45,7 +38,8 @@ def test_resume_from_a_folder_elsewhere_is_refused_and_changes_no_run(run, tmp_p
     ({'no_such_key': 1}, "unknown key 'no_such_key'"),
     ({'epochs': [1, 2]}, 'epochs'),
 ])
-def test_a_hand_edited_experiment_json_is_checked_before_a_resume(run, capsys, edit, message):
+def test_a_hand_edited_experiment_json_is_checked_before_a_resume(smoke_run, capsys, edit, message):
+    run = smoke_run
     values = json.loads((run / 'experiment.json').read_text())
     (run / 'experiment.json').write_text(json.dumps({**values, **edit}))
     before = _bytes(run)
@@ -55,7 +49,8 @@ def test_a_hand_edited_experiment_json_is_checked_before_a_resume(run, capsys, e
     assert _bytes(run) == before
 
 
-def test_evaluation_never_writes_through_a_symbolic_link(run, tmp_path, capsys):
+def test_evaluation_never_writes_through_a_symbolic_link(smoke_run, tmp_path, capsys):
+    run = smoke_run
     figure_target, log_target = tmp_path / 'precious.png', tmp_path / 'precious.log'
     figure_target.write_bytes(b'mine')
     log_target.write_text('mine\n')
@@ -69,7 +64,8 @@ def test_evaluation_never_writes_through_a_symbolic_link(run, tmp_path, capsys):
     assert 'symbolic link' in capsys.readouterr().err
 
 
-def test_a_yaml_alias_bomb_is_one_line_and_exit_2(run, workdir, capsys):
+def test_a_yaml_alias_bomb_is_one_line_and_exit_2(smoke_run, workdir, capsys):
+    run = smoke_run
     (run / 'configs.yaml').write_text(BOMB)
     assert len(BOMB) < 700
     assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '0']) == 0  # its own files only
@@ -81,7 +77,8 @@ def test_a_yaml_alias_bomb_is_one_line_and_exit_2(run, workdir, capsys):
     assert len(err) == 1 and 'YAML aliases are refused' in err[0]
 
 
-def test_resume_of_a_folder_holding_a_symbolic_link_is_refused(run, tmp_path, capsys):
+def test_resume_of_a_folder_holding_a_symbolic_link_is_refused(smoke_run, tmp_path, capsys):
+    run = smoke_run
     target = tmp_path / 'precious.log'
     target.write_text('mine\n')
     (run / 'log.jsonl').unlink()

@@ -15,9 +15,9 @@ this order, which matters for families that sample (MC dropout draws its masks f
 once per evaluation, so each perturbation's numbers depend on what ran before it).
 """
 import argparse
-import importlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from configs.registry import load_entry
 from experiments.evaluation.perturbations.base import Context, Perturbation, SampleOption
 
 __all__ = ['PERTURBATIONS', 'Context', 'Perturbation', 'SampleOption', 'get', 'all_perturbations', 'run_all',
@@ -33,12 +33,7 @@ PERTURBATIONS: Dict[str, str] = {
 
 def get(name: str) -> Perturbation:
     """The perturbation called `name`; raises `KeyError` with the known names."""
-    if name not in PERTURBATIONS:
-        raise KeyError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
-    perturbation = importlib.import_module(PERTURBATIONS[name]).PERTURBATION
-    if perturbation.name != name:
-        raise RuntimeError(f"{PERTURBATIONS[name]}.PERTURBATION is called {perturbation.name!r}, registered as {name!r}")
-    return perturbation
+    return load_entry(PERTURBATIONS, name, 'PERTURBATION', 'perturbation')
 
 
 def all_perturbations() -> List[Perturbation]:
