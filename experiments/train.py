@@ -85,6 +85,8 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
     if prepared is None:
         return 0  # --help
     prepared.describe = describe(prepared, argv)
+    from experiments.dashboard.client import describe_run
+    describe_run(prepared.describe)
     data = prepared.conf.dataset
     print(f"data: {data.name} from {data.train.images.device}, {len(data.train)} train / {len(data.valid)} valid "
           f"({data.valid_source}) / {len(data.test)} test images, {prepared.conf.n_classes} classes")

@@ -15,6 +15,7 @@ from labml-app's public pieces instead:
 * page: labml-app's compiled front end (``labml_app/static``), with the three
   CDN references in its ``index.html`` rewritten to copies served from
   ``/vendor/`` (see ``static/VERSIONS.md``), so the page works without internet;
+* the runs' uncertainty histograms (:mod:`.histograms`);
 * ``GET /api/dashboard/health``: a cheap probe for clients (see :mod:`.client`), with request statistics
   (and the store's location) for those who may read the dashboard;
 * in front of everything :class:`.security.SiteGuard` (web pages are kept out), then
@@ -110,7 +111,7 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
     from labml_app.db.run import RunIndex
     from labml_app.logger import logger as app_logger
 
-    from . import charts, guard, security, track
+    from . import charts, guard, histograms, security, track
 
     fastapi_logger.setLevel(logging.ERROR)
     # labml-app's Series.to_data() takes np.mean of a new, empty series on every
@@ -147,6 +148,7 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
         return answer
 
     track.add_track_route(app, stats=stats, local_project_token=local_project_token)
+    histograms.add_routes(app)
 
     @app.get('/api/v1/computer/{computer_uuid}')
     async def get_computer(computer_uuid: str):
