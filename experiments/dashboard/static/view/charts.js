@@ -146,7 +146,10 @@ UQ.histogramChart = function (svg, hist, opts) {
   const top = d3.max(groups.flatMap(heights)) || 1;
   const y = (opts.share ? d3.scaleLinear() : d3.scaleSqrt()).domain([0, top]).range([h, 0]).nice();
   valueAxis(g, x, logX ? 'log' : 'linear', h, opts.label, false);
-  g.append('g').attr('class', 'axis y-axis').call(d3.axisLeft(y).ticks(5, ',~g'));
+  const yAxis = d3.axisLeft(y).tickFormat(d3.format(',~r'));
+  if (opts.share) yAxis.ticks(5);
+  else yAxis.tickValues(countTicks(y));  // 1, 2, 5, 10, ...: the small counts a square-root axis spreads out
+  g.append('g').attr('class', 'axis y-axis').call(yAxis);
   g.append('text').attr('class', 'axis-label').attr('x', w / 2).attr('y', h + 36).attr('text-anchor', 'middle')
     .text(opts.label + (logX ? ' (log scale)' : ''));
   g.append('text').attr('class', 'axis-label').attr('transform', 'rotate(-90)').attr('x', -h / 2).attr('y', -48)
@@ -166,6 +169,17 @@ UQ.histogramChart = function (svg, hist, opts) {
     .append('title').text(b => `${fmt(b.lo)}–${fmt(b.hi)}: ` +
       groups.map(k => `${k} ${hist.groups[k].counts[b.i]}`).join(', '));
 };
+
+function countTicks(y) {
+  const top = y.domain()[1], ticks = [0];
+  for (let decade = 1; decade <= top; decade *= 10) {
+    for (const m of [1, 2, 5]) {
+      const t = m * decade;
+      if (t <= top && y(ticks[ticks.length - 1]) - y(t) >= 16) ticks.push(t);
+    }
+  }
+  return ticks;
+}
 
 // Legend entries [{colour, text, dashed}] into a container element.
 UQ.legend = function (el, entries) {

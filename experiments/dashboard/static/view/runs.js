@@ -22,7 +22,7 @@ function render(rows) {
     const status = r.status || 'unknown';
     return `<td><input type="checkbox" class="pick" aria-label="compare"></td>` +
       `<td><a class="uuid" href="/view/run/${uuid}">${esc(r.run_uuid.slice(0, 8))}</a></td>` +
-      `<td>${esc(r.name || '')}</td><td>${esc(r.preset || '–')}</td><td>${esc(settingsText(r))}</td>` +
+      `<td>${esc(r.name || '')}</td><td>${esc(r.preset || (r.label ? "defaults" : "–"))}</td><td>${esc(settingsText(r))}</td>` +
       `<td class="status status-${status.replace(/ /g, '-')}">${esc(status)}</td>` +
       `<td class="epoch">${epoch}</td><td class="accuracy">${acc}</td><td>${esc(started)}</td>` +
       `<td><a href="/view/run/${uuid}">uncertainty</a> · <a href="/run/${uuid}">labml page</a> · ` +
