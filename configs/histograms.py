@@ -18,7 +18,7 @@ A line (`epoch_record`):
 
 Bins: `unit` is 50 equal bins over [0, 1] (u, max p̂, disagreement); `log` is 10 bins per decade on a grid aligned
 to powers of ten, over the decades the values occupy (strength, entropies, densities, standard deviations);
-`linear` is 50 equal bins over the values' range (a score that can be negative). A value below the first edge
+`linear` is 50 equal bins over the values' range (a score that can be negative, or values within one decade). A value below the first edge
 (0 on a log grid) is counted in the first bin, one above the last edge in the last, so the counts of a group sum
 to its `n`; non-finite values are left out of bins and quantiles and counted in the group's `nonfinite`.
 A resumed run repeats the epoch it was interrupted in: readers keep the last line of each epoch.
@@ -69,11 +69,15 @@ def _round(x: float) -> float:
 
 
 def choose_scale(name: str, values: torch.Tensor) -> str:
-    """`unit`, `log` or `linear` (module doc)."""
+    """`unit`, `log` or `linear` (module doc): `log` for values that are not negative and whose positive ones span a
+    decade or more, `linear` for the others (a narrow spread gets 50 bins, not the few of a log grid)."""
     if name in UNIT_NAMES:
         return 'unit'
     finite = values[torch.isfinite(values)]
     if finite.numel() and bool((finite < 0).any()):
+        return 'linear'
+    positive = finite[finite > 0]
+    if positive.numel() and positive.max().item() < 10 * positive.min().item():
         return 'linear'
     return 'log'
 

@@ -6,6 +6,7 @@ then imported with `python -m experiments.dashboard import`. The browser test dr
 Playwright and skips without them.
 """
 import json
+import math
 import os
 import socket
 import subprocess
@@ -93,7 +94,13 @@ def test_every_validation_image_is_counted_once_per_distribution(live_run):
         assert record['distributions']['u']['groups']['right']['n'] == round(record['metrics']['accuracy.valid'] * N_VALID)
         assert record['distributions']['u']['scale'] == record['distributions']['p_max']['scale'] == 'unit'
         assert record['distributions']['u']['edges'][0] == 0 and record['distributions']['u']['edges'][-1] == 1
-        assert record['distributions']['strength']['scale'] == 'log'
+        # S > 0: a log grid when it spans a decade or more, else 50 bins over its range
+        strength = record['distributions']['strength']
+        edges = strength['edges']
+        if strength['scale'] == 'log':
+            assert edges[0] > 0 and math.log10(edges[0]) == round(math.log10(edges[0])) and edges[-1] >= 10 * edges[0]
+        else:
+            assert strength['scale'] == 'linear' and len(edges) == 51 and 0 < edges[0] and edges[-1] < 10 * edges[0]
     assert lines[-1]['run']['preset'] == 'smoke' and lines[-1]['run']['label'].startswith(
         f"evidence_mnist {live_run['uuid'][:8]} (")
 
@@ -237,7 +244,8 @@ def test_bins_cover_every_value_and_quantiles_match_torch():
     for name, values, scale in [('u', torch.rand(1000), 'unit'),
                                 ('strength', 10 ** (1 + 4 * torch.rand(1000)), 'log'),
                                 ('mutual_information', torch.cat([torch.zeros(100), 10 ** (-6 * torch.rand(900))]), 'log'),
-                                ('neg_log_density', torch.randn(1000) * 50, 'linear')]:
+                                ('neg_log_density', torch.randn(1000) * 50, 'linear'),
+                                ('sigma.fc1', 0.005 + 1e-4 * torch.rand(1000), 'linear')]:  # within a decade
         h = histogram(name, values, correct)
         assert h['scale'] == scale, name
         assert all(b > a for a, b in zip(h['edges'], h['edges'][1:]))

@@ -12,7 +12,9 @@ UQ.NAMES = {
   entropy: 'H(p̂) — entropy of p̂', mutual_information: 'mutual information', disagreement: 'member disagreement',
   voter_variance: 'voter variance', neg_log_density: '−log p(x)',
 };
-UQ.label = name => UQ.NAMES[name] || (name.startsWith('sigma.') ? `σ of the weights of ${name.slice(6)}` : name);
+UQ.label = name => UQ.NAMES[name] || (name.startsWith('sigma.') ? `σ — the weights' posterior std. of ${name.slice(6)}` : name);
+// the symbol on axes: the name up to its ' — '
+UQ.symbol = name => UQ.label(name).split(' — ')[0];
 
 const fmt = d3.format('.3~g');
 UQ.fmt = fmt;
@@ -25,7 +27,7 @@ function logTick(v) {
   if (Math.abs(k - Math.round(k)) > 1e-9) return d3.format('.1e')(v);
   return (v < 0 ? '−' : '') + '10' + String(Math.round(k)).split('').map(c => SUPERSCRIPT[c]).join('');
 }
-const MARGIN = {top: 12, right: 16, bottom: 44, left: 62};
+const MARGIN = {top: 12, right: 16, bottom: 44, left: 72};
 
 function frame(svg, width, height) {
   svg.attr('viewBox', `0 0 ${width} ${height}`).attr('width', width).attr('height', height);
@@ -56,7 +58,10 @@ function valueAxis(g, scale, kind, height, label, vertical) {
     if (decades.length >= 2) axis.tickValues(decades.filter((_, i) => i % step === 0)).tickFormat(logTick);
     else axis.ticks(4).tickFormat(logTick);
   } else if (kind === 'symlog') axis.tickValues(symlogTicks(scale)).tickFormat(logTick);
-  else axis.ticks(6, '.3~g');
+  else {  // as many digits as the ticks' spacing needs; fewer ticks across, where labels are side by side
+    const n = vertical ? 6 : 4;
+    axis.ticks(n).tickFormat(scale.tickFormat(n, ',~r'));
+  }
   const a = g.append('g').attr('class', vertical ? 'axis y-axis' : 'axis x-axis');
   if (!vertical) a.attr('transform', `translate(0,${height})`);
   a.call(axis);
@@ -90,7 +95,7 @@ UQ.bandChart = function (svg, series, opts) {
   valueAxis(g, y, vs.kind, h, opts.label, true);
   g.append('text').attr('class', 'axis-label').attr('x', w / 2).attr('y', h + 36).attr('text-anchor', 'middle')
     .text('epoch');
-  g.append('text').attr('class', 'axis-label').attr('transform', 'rotate(-90)').attr('x', -h / 2).attr('y', -48)
+  g.append('text').attr('class', 'axis-label').attr('transform', 'rotate(-90)').attr('x', -h / 2).attr('y', -58)
     .attr('text-anchor', 'middle').text(opts.label + (vs.kind === 'linear' ? '' : ` (${vs.kind} scale)`));
 
   if (opts.selected != null) {
@@ -140,6 +145,7 @@ UQ.histogramChart = function (svg, hist, opts) {
   const w = width - MARGIN.left - MARGIN.right, h = height - MARGIN.top - MARGIN.bottom;
   const g = frame(svg, width, height);
   const edges = hist.edges, groups = Object.keys(hist.groups);
+  const things = groups.includes('all') ? 'values' : 'images';  // 'all': values that belong to no image
   const logX = hist.scale === 'log';
   const x = (logX ? d3.scaleLog() : d3.scaleLinear()).domain([edges[0], edges[edges.length - 1]]).range([0, w]);
   const heights = k => hist.groups[k].counts.map(c => opts.share ? 100 * c / Math.max(1, hist.groups[k].n) : c);
@@ -152,8 +158,8 @@ UQ.histogramChart = function (svg, hist, opts) {
   g.append('g').attr('class', 'axis y-axis').call(yAxis);
   g.append('text').attr('class', 'axis-label').attr('x', w / 2).attr('y', h + 36).attr('text-anchor', 'middle')
     .text(opts.label + (logX ? ' (log scale)' : ''));
-  g.append('text').attr('class', 'axis-label').attr('transform', 'rotate(-90)').attr('x', -h / 2).attr('y', -48)
-    .attr('text-anchor', 'middle').text(opts.share ? '% of the group\'s images' : 'images (√ scale)');
+  g.append('text').attr('class', 'axis-label').attr('transform', 'rotate(-90)').attr('x', -h / 2).attr('y', -58)
+    .attr('text-anchor', 'middle').text(opts.share ? `% of the group's ${things}` : `${things} (√ scale)`);
   for (const k of groups) {
     const values = heights(k);
     const pts = values.map((c, i) => ({x: edges[i], c})).concat([{x: edges[edges.length - 1], c: values[values.length - 1]}]);

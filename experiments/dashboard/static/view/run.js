@@ -126,7 +126,7 @@ function render() {
     if (other) entries.push({colour: '#555', text: 'compared run', dashed: true});
     UQ.legend(card.select('.legend').node(), entries);
     UQ.bandChart(card.select('svg.band-chart'), series, {
-      width: chartWidth, height, label: UQ.label(name).split(' — ')[0], unit: d.scale === 'unit',
+      width: chartWidth, height, label: UQ.symbol(name), unit: d.scale === 'unit',
       epochs: last.epochs, selected: state.selected, onPick: pick});
     renderHistogram(card, name, chartWidth, height);
   });
@@ -147,7 +147,7 @@ function renderHistogram(card, name, width, height) {
   caption.text(`epoch ${state.selected}: ` + Object.entries(hist.groups)
     .map(([g, v]) => `${UQ.GROUP_LABELS[g]} ${v.n.toLocaleString('en')}`).join(' · '));
   UQ.histogramChart(card.select('svg.histogram-chart'), hist,
-    {width, height, label: UQ.label(name).split(' — ')[0], share: d3.select('#hist-mode').property('value') === 'share'});
+    {width, height, label: UQ.symbol(name), share: d3.select('#hist-mode').property('value') === 'share'});
 }
 
 function pick(epoch) {
