@@ -91,6 +91,14 @@ class BayesConfigs(LeNetExperimentConfigs):
             if isinstance(module, BayesLayer):
                 self.track_distribution(f'sigma.{name}', module.weight_sigma.detach().flatten())
 
+    def distributions(self, pred: Prediction, correct: torch.Tensor):
+        # and the posterior standard deviations of each layer's weights, which belong to no image
+        out = super().distributions(pred, correct)
+        for name, module in self.model.named_modules():
+            if isinstance(module, BayesLayer):
+                out[f'sigma.{name}'] = (module.weight_sigma.detach().flatten(), None)
+        return out
+
     def architecture(self) -> Dict[str, object]:
         return {**super().architecture(), 'body': type(self.model).__name__}
 

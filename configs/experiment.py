@@ -27,6 +27,7 @@ from evidential.prediction import Prediction, categorical_entropy
 from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from configs.compat import declarations, silence_monitor, skip_dynamo_import
+from configs.histograms import Values, epoch_record, prediction_distributions, write_epoch
 
 
 # every process that builds an experiment's optimizer: ~1.7 s of CPU less at start (`configs.compat`)
@@ -224,8 +225,14 @@ class MNISTExperimentConfigs(BaseConfigs):
         for name, values in pred.scores.items():
             self.track_distribution(name, values)
 
+    def distributions(self, pred: Prediction, correct: torch.Tensor) -> Dict[str, Values]:
+        """What each validation records as histograms (`configs.histograms`): every per-image distribution of the
+        prediction, split by `correct`; families add others (values that are not per image, with no mask)."""
+        return prediction_distributions(pred, correct)
+
     def track_validation(self, split: TensorSplit, prefix: str = 'valid') -> Dict[str, float]:
-        """Accuracy and NLL of $\\hat{p}$ on `split` (`accuracy.<prefix>`, `loss.<prefix>`), tracked and returned."""
+        """Accuracy and NLL of $\\hat{p}$ on `split` (`accuracy.<prefix>`, `loss.<prefix>`), tracked and returned;
+        for `valid`, also the quantile series and the distributions of the epoch's histograms."""
         pred, correct = self.evaluate(split)
         accuracy = correct.float().mean().item() if len(split) else float('nan')
         nll = -torch.log(pred.probs.gather(1, split.labels[:, None]).clamp_min(1e-12)).mean().item()
@@ -234,6 +241,7 @@ class MNISTExperimentConfigs(BaseConfigs):
         if prefix == 'valid':
             self.track_prediction(pred, correct)
             self._headline = headline_uncertainty(pred, correct)
+            self._distributions = self.distributions(pred, correct)
         return {f'accuracy.{prefix}': accuracy, f'loss.{prefix}': nll}
 
     # ------------------------------------------------------------------ training
@@ -334,9 +342,10 @@ class MNISTExperimentConfigs(BaseConfigs):
         for key in types:
             getattr(self, key)
 
-    def run(self, run_dir: Path, resume_state: Optional[dict] = None) -> Dict[str, float]:
+    def run(self, run_dir: Path, resume_state: Optional[dict] = None, describe: Optional[dict] = None) -> Dict[str, float]:
         """Trains for `epochs` epochs (continuing `resume_state` if given) and returns the final metrics; prints a
-        line per epoch (`epoch_line`)."""
+        line per epoch (`epoch_line`) and records its histograms (`configs.histograms`; `describe`: what their lines
+        say about the run)."""
         silence_monitor(True)  # labml's "Prepare ..." line per configuration
         try:
             self.resolve_configs()
@@ -373,6 +382,7 @@ class MNISTExperimentConfigs(BaseConfigs):
                 history.append({'epoch': epoch + 1, **metrics})
                 if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                     raise TrainingStopped(f"non-finite weights after epoch {epoch + 1}; {self.nonfinite_hint()}")
+                write_epoch(run_dir, epoch_record(epoch + 1, self.epochs, metrics, self._distributions, describe))
                 # The epoch is complete only once its checkpoint is on disk
                 status = 'completed' if epoch + 1 == self.epochs else 'running'
                 save_checkpoint(run_dir, self._state(epoch + 1, samples_seen, history, status, generator))

@@ -15,7 +15,7 @@ Nothing here exits the process: the entry point turns these errors into messages
 """
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -103,6 +103,8 @@ class Prepared:
     overrides: Dict[str, Any]
     resume_state: Optional[dict] = None
     uuid: Optional[str] = None
+    # What each epoch's histogram line says about the run (`configs.histograms`): set by the entry point
+    describe: Dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(family: registry.Family, argv: List[str],
@@ -165,7 +167,7 @@ def train(prepared: Prepared) -> Tuple[Path, Dict[str, float]]:
                 BEFORE_CHECKPOINT.append(guard.flush_synced)
             save_values(run_dir, prepared.values)
             try:
-                final = prepared.conf.run(run_dir, prepared.resume_state)
+                final = prepared.conf.run(run_dir, prepared.resume_state, prepared.describe)
             except Interrupted as e:
                 # labml marks a run 'interrupted' only for a plain KeyboardInterrupt
                 interrupted = e

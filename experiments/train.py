@@ -31,6 +31,40 @@ def _writers(values) -> set:
     return writers
 
 
+def _plain(value):
+    """A value as JSON keeps it: numbers, strings, booleans, lists of them; anything else as text."""
+    if isinstance(value, bool) or isinstance(value, (int, str)) or (isinstance(value, float) and value == value):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def describe(prepared, argv: List[str]) -> dict:
+    """What the run's histogram lines (and the dashboard) say about it: experiment, uuid, preset, the keys the
+    preset and the command line set, the overrides, `compare`'s key settings and label, epochs. A resumed run
+    keeps its first description (its preset and overrides), with the epochs and overrides of the resume."""
+    from configs.cli import parse_argv
+    from configs.histograms import read_epochs
+    from configs.runner import run_folder
+    from experiments.compare.rows import key_settings, row_label
+    family, values = prepared.family, prepared.values
+    run_dir = run_folder(prepared)
+    before = next((r['run'] for r in reversed(read_epochs(run_dir)) if isinstance(r.get('run'), dict)), {})
+    preset = parse_argv(argv)[0] if not values.get('resume') else before.get('preset')
+    overrides = {**before.get('overrides', {}),
+                 **{k: _plain(v) for k, v in prepared.overrides.items() if k != 'resume'}}
+    if 'dashboard' in overrides:  # its ?token= stays out of what is sent and kept
+        overrides['dashboard'] = str(overrides['dashboard']).split('?')[0]
+    set_keys = set(before.get('set_keys', [])) | set(overrides)
+    if preset in family.presets:
+        set_keys |= set(family.presets[preset].values)
+    settings = {k: _plain(v) for k, v in key_settings(family.name, values).items()}
+    return {'experiment': family.name, 'uuid': run_dir.name, 'preset': preset, 'overrides': overrides,
+            'set_keys': sorted(set_keys), 'settings': settings,
+            'label': row_label(family.name, run_dir.name, settings), 'epochs': values.get('epochs')}
+
+
 def main(family_name: str, argv: Optional[List[str]] = None) -> int:
     """Trains a run of `family_name` from the command line `argv`; returns the exit code."""
     from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, RunWriteError, load_checkpoint
@@ -50,6 +84,9 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
         return 2
     if prepared is None:
         return 0  # --help
+    prepared.describe = describe(prepared, argv)
+    from experiments.dashboard.client import describe_run
+    describe_run(prepared.describe)
     data = prepared.conf.dataset
     print(f"data: {data.name} from {data.train.images.device}, {len(data.train)} train / {len(data.valid)} valid "
           f"({data.valid_source}) / {len(data.test)} test images, {prepared.conf.n_classes} classes")

@@ -81,7 +81,8 @@ def test_cross_site_writes_are_refused(dashboard, run_uuid):
               ('POST', f'/api/v1/run/{run_uuid}', {'name': 'renamed by a web page'}),
               ('POST', '/api/v1/runs/archive', {'run_uuids': [run_uuid]}),
               ('PUT', '/api/v1/runs', {'run_uuids': [run_uuid]}),
-              ('POST', f'/api/v1/custom_metrics/{run_uuid}/create', {'name': 'x'})]
+              ('POST', f'/api/v1/custom_metrics/{run_uuid}/create', {'name': 'x'}),
+              ('POST', f'/api/dashboard/histograms/{run_uuid}', {'format': 1})]
     for method, path, body in writes:
         # a "simple" cross-site request: text/plain needs no preflight; then the same with a rebound host name
         for headers, expected in [
@@ -149,14 +150,17 @@ def test_reads_write_nothing_and_unknown_ids_are_404(dashboard, run_uuid):
         for record in (UNKNOWN, 'anything', f'{run_uuid}_x', f'{run_uuid}_1'):
             status, answer = _request(d, 'GET', '/api/v1/' + route.format(record))
             assert status == 404, (route, record, status, answer)
-    for path in (f'/api/v1/metrics/{UNKNOWN}', f'/api/v1/logs/stdout/{UNKNOWN}'):
+    for path in (f'/api/dashboard/histograms/{UNKNOWN}', f'/view/run/{UNKNOWN}'):
+        assert _request(d, 'GET', path)[0] == 404, path
+    for path in (f'/api/v1/metrics/{UNKNOWN}', f'/api/v1/logs/stdout/{UNKNOWN}', f'/api/dashboard/histograms/{UNKNOWN}'):
         assert _request(d, 'POST', path, {'get_all': True}, {'Content-Type': 'application/json'})[0] == 404
     # what the page reads for a real run: the run list, the run, its status, cards, preferences, metrics, logs
     computer = d.listed_runs()[run_uuid]['computer_uuid']
     for path in ('/api/v1/runs/null?folder_name=default', f'/api/v1/run/{run_uuid}', f'/api/v1/run/{run_uuid}_0',
                  f'/api/v1/run/status/{run_uuid}', f'/api/v1/custom_metrics/{run_uuid}',
                  f'/api/v1/metrics/preferences/{run_uuid}', f'/api/v1/compare/preferences/{run_uuid}',
-                 f'/api/v1/computer/{computer}', '/api/v1/sessions/null', '/runs', f'/run/{run_uuid}'):
+                 f'/api/v1/computer/{computer}', '/api/v1/sessions/null', '/runs', f'/run/{run_uuid}',
+                 f'/api/dashboard/histograms/{run_uuid}', '/api/dashboard/runs', '/view/runs', f'/view/run/{run_uuid}'):
         assert _request(d, 'GET', path)[0] == 200, path
     for path, body in ((f'/api/v1/metrics/{run_uuid}', {'get_all': True}),
                        (f'/api/v1/logs/stdout/{run_uuid}', {'page': -1})):

@@ -93,13 +93,15 @@ def small_disk(workdir):
         subprocess.run(['umount', '-l', str(logs)], capture_output=True)
 
 
-def _check_stopped_run(proc, run: Path, before_epoch: int, failed_file: str, or_unnamed: bool = False):
-    """`or_unnamed`: the first write to fail may also be one of labml's own files, whose OSError names no file
-    (then the message says "a file in RUN")."""
+def _check_stopped_run(proc, run: Path, before_epoch: int, failed_file, or_unnamed: bool = False):
+    """`failed_file`: a file name, or a tuple of those that may be the first to fail; `or_unnamed`: the first write
+    to fail may also be one of labml's own files, whose OSError names no file (then the message says "a file in
+    RUN")."""
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 4, (proc.returncode, err[-3000:])
     assert 'Traceback' not in err, err[-3000:]
-    named = f'error: could not write {run}/' in err and failed_file in err
+    failed = failed_file if isinstance(failed_file, tuple) else (failed_file,)
+    named = f'error: could not write {run}/' in err and any(f in err for f in failed)
     unnamed = or_unnamed and f'error: could not write a file in {run}: No space left on device' in err
     assert named or unnamed, err[-2000:]
     assert f'Free some space, then resume with: python -m {MODULE} resume={run.name}' in err, err[-2000:]
@@ -107,6 +109,7 @@ def _check_stopped_run(proc, run: Path, before_epoch: int, failed_file: str, or_
     assert state['epoch'] >= before_epoch and state['status'] == 'running'
     assert not list(run.glob('.*.tmp')), list(run.glob('.*.tmp'))  # no temporary file left behind
     _whole_lines(run / 'log.jsonl')
+    _whole_lines(run / 'histograms.jsonl')
     return state
 
 
@@ -130,7 +133,8 @@ def test_disk_full_mid_run_stops_with_exit_4_and_resumes(workdir, synthetic_data
                   cwd=workdir)
     run = _wait_for_checkpoint(small_disk, proc, min_epoch=1)
     filler = _fill(small_disk)
-    state = _check_stopped_run(proc, run, 1, 'log.jsonl', or_unnamed=True)  # the first write after the disk filled: the log's
+    # the first write after the disk filled: the epoch's histogram line or the log's
+    state = _check_stopped_run(proc, run, 1, ('histograms.jsonl', 'log.jsonl'), or_unnamed=True)
     filler.unlink()  # space is back
     _resume_to_the_end(workdir, run, state)
 

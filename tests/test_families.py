@@ -20,6 +20,7 @@ from configs import registry
 from configs import experiment as experiment_module
 from configs.checkpoint import load_checkpoint
 from configs.experiment import Interrupted
+from configs.histograms import read_epochs
 from experiments import compare, evaluate
 from experiments.train import main as train
 
@@ -57,6 +58,18 @@ def check_family_contract(name: str, project: Path, data_dir: Path) -> Path:
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), (name, key)
     assert [h['accuracy.valid'] for h in a['history']] == [h['accuracy.valid'] for h in b['history']]
+    # one histogram line per epoch (the repeated first epoch of the resume replaced), every validation image
+    # counted once in each per-image distribution, the family's own scores among them; the preset kept
+    lines = read_epochs(resumed)
+    assert [r['epoch'] for r in lines] == [1, 2] and lines[-1]['run']['preset'] == 'smoke', lines[-1]['run']
+    n_valid = lines[-1]['n_valid']
+    for record in lines:
+        for dist_name, hist in record['distributions'].items():
+            if dist_name.startswith('sigma.'):  # weights, not images
+                assert set(hist['groups']) == {'all'}
+                continue
+            assert set(hist['groups']) == {'right', 'wrong'}, (name, dist_name)
+            assert sum(sum(g['counts']) for g in hist['groups'].values()) == n_valid == 256, (name, dist_name)
 
     # evaluation: the family's own scores next to entropy and msp, ranked by its primary score
     assert evaluate.main([resumed.name, '--fgsm-samples', '8', '--missing-samples', '64']) == 0
@@ -65,6 +78,7 @@ def check_family_contract(name: str, project: Path, data_dir: Path) -> Path:
     own = sorted(k.split('/', 1)[1] for k in npz.files if k.startswith('id/')
                  and k.split('/', 1)[1] not in ('probs', 'labels', 'evidence'))
     assert set(result['ood']['fashion_mnist']) == {'entropy', 'msp', *own}
+    assert {'p_max', 'entropy', *own} <= set(lines[-1]['distributions']), (name, list(lines[-1]['distributions']))
     assert set(result['selective']) == {'entropy', 'msp', *own}
     assert result['id_score'] == family.primary_score
     caps = family.capabilities

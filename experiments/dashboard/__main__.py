@@ -2,6 +2,7 @@
 
     python -m experiments.dashboard [--host 127.0.0.1] [--port 5005] [--data DIR] [--token [TOKEN]]
     python -m experiments.dashboard --mongo [HOST[:PORT]]
+    python -m experiments.dashboard import RUN [RUN ...] [--url URL]   (runs trained without it: .importer)
 
 Open the printed URL in a browser; point runs at it with
 ``python -m experiments.evidence_mnist dashboard=http://127.0.0.1:5005``.
@@ -33,6 +34,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'data' / 'dashboard'
 
 
 def _parse_args(argv):
+    if list(argv or [])[:1] == ['import']:  # `python -m experiments.dashboard import RUN ...`
+        from .importer import parse_args
+        return parse_args(list(argv)[1:])
     p = argparse.ArgumentParser(
         prog='python -m experiments.dashboard',
         description='Watch labml runs live: the labml-app dashboard with an embedded file store '
@@ -142,7 +146,8 @@ def main(argv=None) -> int:
 
     import uvicorn
     url_host = f'[{host}]' if ':' in host else host
-    banner = f'labml dashboard: http://{url_host}:{port}  (store: {store})'
+    banner = (f'labml dashboard: http://{url_host}:{port}  (store: {store})\n'
+              f'  run table and uncertainty views: http://{url_host}:{port}/view/runs')
     if args.token is not None:
         banner += (f'\n  token required: open http://{url_host}:{port}/?token={args.token} ; '
                    f'runs: dashboard=http://{url_host}:{port}/?token={args.token} (or DASHBOARD_TOKEN={args.token})')
@@ -172,6 +177,9 @@ def _interrupt(signum, frame):
 
 
 def _entry() -> int:
+    if sys.argv[1:2] == ['import']:
+        from .importer import main as import_main
+        return import_main(sys.argv[2:])
     # SIGTERM stops the dashboard like Ctrl-C: uvicorn shuts down gracefully, then
     # re-raises the signal to the handler installed here, which ends with status 0.
     signal.signal(signal.SIGTERM, _interrupt)

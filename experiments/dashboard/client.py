@@ -11,8 +11,10 @@ What it changes in labml 0.5.3 (only after the dashboard answered):
 * ``lab.configure``-style settings: ``app_url`` (the dashboard's run-update
   endpoint) and ``app_open_browser: False`` (labml would otherwise open a browser
   tab from the training process);
+* each epoch's histograms (``configs.histograms``) are posted to the dashboard by a :class:`.sender.HistogramSender`;
 * labml's app-client thread class (``labml.internal.app._AppTrackThread``, through
-  :mod:`configs.compat`) is replaced by :class:`BoundedAppTrackThread`. The stock thread retries a failed
+  :mod:`configs.compat`) is replaced by :class:`BoundedAppTrackThread`, which sends labml's updates with the
+  configurations tidied and the run described (:mod:`.describe`, :func:`describe_run`). The stock thread retries a failed
   update forever, sleeping 10 s, 20 s, 30 s, ... and is not a daemon, so a
   dashboard that dies mid-run keeps the process alive for minutes (forever, in
   fact) after training ends. The replacement retries while the run is live, but
@@ -36,6 +38,8 @@ from typing import Optional
 
 from configs.compat import app_track_thread_class, empty_app_packet, lab_app_url, set_lab_app_url, \
     use_app_track_thread
+from .describe import tidy_packet
+from .sender import HistogramSender, error_reason
 
 HEALTH_TIMEOUT_S = 1.0
 """How long :func:`attach` waits for the dashboard to answer."""
@@ -159,7 +163,20 @@ def attach(url: Optional[str]) -> bool:
 
     set_lab_app_url(app_url)
     use_app_track_thread(BoundedAppTrackThread)
+    from configs.histograms import AFTER_EPOCH
+    AFTER_EPOCH[:] = [c for c in AFTER_EPOCH if not isinstance(c, HistogramSender)]
+    AFTER_EPOCH.append(HistogramSender(root, token))
     return True
+
+
+_RUN: dict = {}
+
+
+def describe_run(run: dict) -> None:
+    """The description of the run being trained (``experiments.train.describe``): its updates to the dashboard
+    mark the keys it set and carry its label (:func:`.describe.tidy_packet`)."""
+    _RUN.clear()
+    _RUN.update(run)
 
 
 class BoundedAppTrackThread(app_track_thread_class()):
@@ -231,7 +248,7 @@ class BoundedAppTrackThread(app_track_thread_class()):
     def _try_send(self, packets) -> Optional[str]:
         """Send once; None on success, else a one-line reason."""
         try:
-            response = self._send([p.data for p in packets])
+            response = self._send([tidy_packet(p.data, _RUN) for p in packets])
         except RuntimeError as e:  # labml's _send raises this for an error answer from the app
             self.errored = False
             self._disabled = True
@@ -240,7 +257,7 @@ class BoundedAppTrackThread(app_track_thread_class()):
                   f'for this run, the local logs are complete')
             return str(e)
         except urllib.error.HTTPError as e:
-            reason = _error_reason(e)
+            reason = error_reason(e)
             if 400 <= e.code < 500 and e.code not in (408, 429):
                 # the update itself is refused: sending it again cannot help
                 if e.code in (401, 403):
@@ -280,15 +297,6 @@ class BoundedAppTrackThread(app_track_thread_class()):
         if self.is_alive():
             _warn(f'gave up sending the last updates to the dashboard after {time.monotonic() - started:.0f} s; '
                   f'the local logs are complete')
-
-
-def _error_reason(e) -> str:
-    """``': <reason>'`` from a JSON error answer of the dashboard, or ''."""
-    try:
-        reason = json.loads(e.read()).get('error', '')
-    except Exception:  # noqa: BLE001 - no body, not JSON
-        return ''
-    return f': {str(reason)[:200]}' if reason else ''
 
 
 class _Wakeup:

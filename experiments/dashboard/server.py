@@ -15,6 +15,8 @@ from labml-app's public pieces instead:
 * page: labml-app's compiled front end (``labml_app/static``), with the three
   CDN references in its ``index.html`` rewritten to copies served from
   ``/vendor/`` (see ``static/VERSIONS.md``), so the page works without internet;
+* the runs' uncertainty histograms (:mod:`.histograms`) and the pages that draw them, with a run table
+  (:mod:`.views`); labml-app's page gets a script linking to them;
 * ``GET /api/dashboard/health``: a cheap probe for clients (see :mod:`.client`), with request statistics
   (and the store's location) for those who may read the dashboard;
 * in front of everything :class:`.security.SiteGuard` (web pages are kept out), then
@@ -79,7 +81,10 @@ def offline_index_html(static_dir: Path) -> str:
     # file is byte-identical to the CDN copy, so the browser still verifies it.
     if 'https://' in html or 'http://' in html:
         raise RuntimeError('labml-app index.html references an external asset not vendored here')
-    return html
+    from .views import LINKS_SCRIPT
+    if '</body>' not in html:
+        raise RuntimeError('labml-app index.html has no </body>; update offline_index_html')
+    return html.replace('</body>', LINKS_SCRIPT + '</body>', 1)
 
 
 def _safe_file(root: Path, rel: str):
@@ -110,7 +115,7 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
     from labml_app.db.run import RunIndex
     from labml_app.logger import logger as app_logger
 
-    from . import charts, guard, security, track
+    from . import charts, guard, histograms, security, track, views
 
     fastapi_logger.setLevel(logging.ERROR)
     # labml-app's Series.to_data() takes np.mean of a new, empty series on every
@@ -147,6 +152,8 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
         return answer
 
     track.add_track_route(app, stats=stats, local_project_token=local_project_token)
+    histograms.add_routes(app)
+    views.add_routes(app, local_project_token)
 
     @app.get('/api/v1/computer/{computer_uuid}')
     async def get_computer(computer_uuid: str):

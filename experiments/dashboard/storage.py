@@ -119,9 +119,11 @@ class AtomicFileIndexDbDriver(FileIndexDbDriver):
 
 
 def _labml_app_schema():
-    """labml-app's models and indexes (importing ``labml_app.db`` registers them)."""
+    """labml-app's models and indexes (importing ``labml_app.db`` registers them), and the dashboard's own
+    (:mod:`.histograms`)."""
     from labml_app import db
-    return db.models, db.indexes
+    from . import histograms
+    return db.models + histograms.MODELS, db.indexes + histograms.INDEXES
 
 
 def _create_default_projects() -> None:
@@ -249,6 +251,10 @@ def init_mongo_store(address: str = '') -> str:
         raise StoreError(f'MongoDB is not reachable at {host}:{port} ({e.strerror or e}); '
                          f'drop --mongo to use the embedded file store') from None
     from labml_app import db
+    from . import histograms
+    # init_mongo_db sets drivers for the models and indexes in these lists
+    db.models.extend(m for m in histograms.MODELS if m not in db.models)
+    db.indexes.extend(i for i in histograms.INDEXES if i not in db.indexes)
     try:
         db.init_mongo_db(host, port)
     except Exception as e:  # labml-app raises a bare Exception with an explanation

@@ -14,6 +14,7 @@ It hands each update to labml-app's ``_update_run``, and around it:
   sends again) with its copy and its neighbours into points at steps that were never logged;
 * replaces labml-app's fixed 3 s delay after each update with :func:`throttle_s`, none for a run's final
   update;
+* shortens object reprs in the run's configurations (:func:`.describe.tidy_configs`);
 * adds the default chart cards of :mod:`.charts`.
 """
 
@@ -24,6 +25,7 @@ import re
 import time
 from typing import Callable, Dict, List, Set
 
+from .describe import tidy_configs
 from .guard import BadRequest
 
 _log = logging.getLogger('experiments.dashboard')
@@ -241,6 +243,9 @@ def add_track_route(app, *, stats, local_project_token: Callable[[], str]) -> No
         body = await request.json()
         q = request.query_params
         packets = check_track_request(q, body)
+        for d in packets:  # object reprs shortened (the run's own client did it already)
+            if 'configs' in d:
+                d['configs'] = tidy_configs(d['configs'])
         token = q.get('labml_token', '')
         if not project.get_project(labml_token=token):
             # No (valid) project token: labml-app would file the run in its "float"
