@@ -150,7 +150,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         'notes': notes + perturbation_notes + posthoc_notes + figure_notes,
         'predictions': predictions_file,
     }
-    for block in [*blocks.values(), *posthoc_blocks.values()]:  # figure-only values (the rotated image) stay out of the JSON
+    # figure-only values (the rotated image, the scaled probabilities) stay out of the JSON
+    for block in [*blocks.values(), *posthoc_blocks.values()]:
         for key in [k for k in block if k.startswith('_')]:
             del block[key]
     scalars = flat_scalars(results)

@@ -47,7 +47,8 @@ class Temperature(PostHoc):
         from experiments.figures import reliability_diagram
         reliability_diagram(block['_probs'], labels, path,
                             title=f"After temperature scaling, T = {block['temperature']:.3g} "
-                                  f"(ECE = {block['scaled']['ece']:.4f}, 15 bins)\nabove each bin: its number of samples")
+                                  f"(ECE = {block['scaled']['ece']:.4f}, 15 bins)\n"
+                                  "above each bin: its number of samples")
 
     def column_names(self) -> List[str]:
         return ['temperature/T', 'temperature/nll', 'temperature/ece']
