@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from configs import registry
 from configs.checkpoint import CheckpointError, find_run
 from evidential.metrics import ID_METRICS
-from experiments.evaluation import SPLIT_FILES, perturbations
+from experiments.evaluation import SPLIT_FILES, perturbations, posthoc
 
 #: `--split` → the evaluation file it reads (as `experiments.evaluate --split` writes them)
 EVALUATION_FILES = {split: files[0] for split, files in SPLIT_FILES.items()}
@@ -218,6 +218,14 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
         except (KeyError, ValueError, TypeError, IndexError, AttributeError):
             raise CompareError(f"{path}: its {p.name} block is not one of this app; run `{command}` again") from None
         row.perturbations[p.name] = block
+    for step in posthoc.all_steps():
+        block = evaluation.get(step.name)
+        if not isinstance(block, dict):
+            continue
+        try:
+            row.values.update({column: _number(v) for column, v in step.columns(block).items()})
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            raise CompareError(f"{path}: its {step.name} block is not one of this app; run `{command}` again") from None
     return row
 
 

@@ -3,7 +3,7 @@ from typing import Any, Dict, List, Optional
 
 from evidential.metrics import ID_METRICS, OOD_METRICS
 from experiments.compare.rows import CompareError, Row
-from experiments.evaluation import perturbations
+from experiments.evaluation import perturbations, posthoc
 
 MARKDOWN_FILE = 'comparison.md'
 JSON_FILE = 'comparison.json'
@@ -23,7 +23,8 @@ def columns_of(rows: List[Row]) -> List[str]:
         return (where, score_rank.get(score, len(score_rank)), score,
                 metric_rank.get(metric, len(metric_rank)), metric)
 
-    perturbation = [c for p in perturbations.all_perturbations() for c in p.column_names() if c in keys]
+    perturbation = [c for p in [*perturbations.all_perturbations(), *posthoc.all_steps()] for c in p.column_names()
+                    if c in keys]
     selective = sorted((k for k in keys if k.startswith('selective/')), key=order)
     ood = sorted((k for k in keys if k.startswith('ood/')), key=order)
     # anything else a caller put into the rows (a sweep's `train_s`), last
@@ -33,11 +34,12 @@ def columns_of(rows: List[Row]) -> List[str]:
 
 def is_column_name(key: str) -> bool:
     """Whether `key` can name a metric column (before any run is evaluated): an in-distribution metric, a
-    perturbation's column (`missing/F/accuracy`), `selective/SCORE/METRIC` or `ood/SET/SCORE/METRIC`."""
+    perturbation's or post-hoc step's column (`missing/F/accuracy`, `temperature/T`), `selective/SCORE/METRIC` or
+    `ood/SET/SCORE/METRIC`."""
     parts = key.split('/')
     if len(parts) == 1:
         return key in ID_METRICS
-    if any(key in p.column_names() for p in perturbations.all_perturbations()):
+    if any(key in p.column_names() for p in [*perturbations.all_perturbations(), *posthoc.all_steps()]):
         return True
     if parts[0] == 'selective':
         return len(parts) == 3 and all(parts) and parts[2] in ID_METRICS
@@ -75,7 +77,11 @@ def choose_columns(rows: List[Row], wanted: Optional[List[str]]) -> List[str]:
 
 
 def direction(column: str) -> Optional[str]:
-    """`max` or `min` (which value is best), or `None` for a metric this table does not know."""
+    """`max` or `min` (which value is best), or `None` for a metric this table does not know and for a post-hoc
+    step's column with no better value (the fitted temperature `temperature/T`: never bold)."""
+    owned, how = posthoc.direction(column)
+    if owned:
+        return how
     metric = column.rsplit('/', 1)[-1]
     return ID_METRICS.get(metric) or OOD_METRICS.get(metric)
 

@@ -6,6 +6,8 @@
 * `results`: the metric blocks of `evaluation.json`, computed from exactly those arrays;
 * `perturbations`: the registry of perturbations of the test inputs (FGSM, a rotated digit, missing pixels), each a
   module that owns its options, its block of the results, its figure and its `compare` columns;
+* `posthoc`: the registry of post-hoc steps fitted on the run's held-out split (temperature scaling), each a module
+  that owns its block of the results, its figure and its `compare` columns;
 * `plots`: the PNG figures;
 * `output`: writing results — JSON, npz, labml's log — and the printed table;
 * `core`: `evaluate()`, which runs them in order and raises `EvaluateError` (and the loaders' errors) on bad input.
@@ -15,7 +17,7 @@
 
 RESULTS_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.npz'
-#: What `--split` evaluates → (results file, predictions file); `test` also runs the perturbations, draws figures and
+#: What `--split` evaluates → (results file, predictions file); `test` also runs the perturbations and the post-hoc steps, draws figures and
 #: logs to labml. `experiments.compare --split` reads the same results files.
 SPLIT_FILES = {'test': (RESULTS_FILE, PREDICTIONS_FILE),
                'validation': ('evaluation_validation.json', 'predictions_validation.npz')}

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from experiments.evaluation import SPLIT_FILES, EvaluateError, perturbations
+from experiments.evaluation import SPLIT_FILES, EvaluateError, perturbations, posthoc
 from experiments.evaluation.inputs import default_ood, load_ood_files
 
 
@@ -103,6 +103,11 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples), earlier)
         for note in perturbation_notes:
             log(f"note: {note}")
+        # post-hoc steps (test split only): fitted on the held-out split's predictions, seeded as the test's
+        posthoc_blocks, posthoc_notes = ({}, []) if selecting else posthoc.run_all(posthoc.Context(
+            *_held_out_arrays(conf), id_arrays, labels, family.primary_score))
+        for note in posthoc_notes:
+            log(f"note: {note}")
 
         # ---- write (an earlier results file goes first: it must never sit beside other predictions)
         writing_since = time.time() - 1  # outputs modified since then are this evaluation's (1 s: mtime granularity)
@@ -117,7 +122,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             save_npz(run_dir / predictions_file, npz)
             written, figure_notes = ({}, []) if selecting else write_figures(
                 run_dir, conf, test, id_arrays, labels, ood_arrays, blocks, test_evidence, kept,
-                family.primary_score)
+                family.primary_score, posthoc_blocks)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
         for note in figure_notes:
@@ -140,11 +145,13 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         'n': {'id': int(len(labels)), **{name: int(len(a['probs'])) for name, a in ood_arrays.items()}},
         'ood_files': {Path(p).expanduser().stem: str(Path(p).expanduser().resolve()) for p in ood_files},
         **blocks,
+        **posthoc_blocks,
         'figures': written,
-        'notes': notes + perturbation_notes + figure_notes,
+        'notes': notes + perturbation_notes + posthoc_notes + figure_notes,
         'predictions': predictions_file,
     }
-    for block in blocks.values():  # figure-only values (the rotated image) stay out of the JSON
+    # figure-only values (the rotated image, the scaled probabilities) stay out of the JSON
+    for block in [*blocks.values(), *posthoc_blocks.values()]:
         for key in [k for k in block if k.startswith('_')]:
             del block[key]
     scalars = flat_scalars(results)
@@ -162,6 +169,19 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     except OSError as e:
         raise _write_failed(run_dir, e, writing_since, predictions_file) from None
     return run_dir, results
+
+
+def _held_out_arrays(conf) -> Tuple[Optional[Dict[str, np.ndarray]], Optional[np.ndarray]]:
+    """The arrays and labels of the run's held-out split (the `valid` split of a run trained with holdout > 0), for
+    the post-hoc steps to fit on; `(None, None)` where it validated on the test set. Seeded as the test predictions
+    (a sampling family's masks do not depend on what ran before)."""
+    import torch
+    from experiments.evaluation.predictions import prediction_arrays
+    if conf.dataset.valid_source != 'holdout':
+        return None, None
+    torch.manual_seed(conf.seed)
+    valid = conf.dataset.valid
+    return prediction_arrays(conf.predict(conf.evaluate_outputs(valid))), valid.labels.cpu().numpy()
 
 
 def _earlier_blocks(path: Path, epoch: int) -> Dict[str, Any]:

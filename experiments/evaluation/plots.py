@@ -9,7 +9,7 @@ import torch
 
 from evidential import metrics
 from experiments import figures
-from experiments.evaluation import perturbations
+from experiments.evaluation import perturbations, posthoc
 from experiments.evaluation.predictions import scores_of_arrays
 
 #: How the histograms' axis names a score
@@ -27,16 +27,19 @@ FIGURES = {
 
 def figure_files() -> Dict[str, str]:
     """`{figure key: file name}` of every figure an evaluation can draw."""
-    return {**FIGURES, **dict(p.figure for p in perturbations.all_perturbations() if p.figure)}
+    return {**FIGURES, **dict(p.figure for p in perturbations.all_perturbations() if p.figure),
+            **dict(s.figure for s in posthoc.all_steps() if s.figure)}
 
 
 def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], labels: np.ndarray,
                   ood_arrays: Dict[str, Dict[str, np.ndarray]], blocks: Dict[str, Any],
                   test_evidence: Optional[torch.Tensor], kept: Sequence[str] = (),
-                  primary: str = 'entropy') -> Tuple[Dict[str, str], List[str]]:
+                  primary: str = 'entropy', posthoc_blocks: Optional[Dict[str, Any]] = None
+                  ) -> Tuple[Dict[str, str], List[str]]:
     """The PNG figures; returns `{figure: file name}` and notes on those skipped. The figures of the `kept`
     perturbations (blocks kept from an earlier evaluation) stay as they are; any other figure of an earlier
-    evaluation that this one did not draw is removed. The histograms show the family's `primary` score."""
+    evaluation that this one did not draw is removed. The histograms show the family's `primary` score; the post-hoc
+    steps draw theirs from `posthoc_blocks`."""
     from evidential.data import dataset_spec
     spec = dataset_spec(conf.dataset.name)
     files = figure_files()
@@ -70,6 +73,9 @@ def write_figures(run_dir: Path, conf, test, id_arrays: Dict[str, np.ndarray], l
         elif perturbation.figure and perturbation.name in blocks:
             perturbation.draw(blocks[perturbation.name], path(perturbation.figure[0]), dataset=conf.dataset.name,
                               num_classes=k)
+    for step in posthoc.all_steps():  # the post-hoc steps' figures (`eval_reliability_scaled.png`)
+        if step.figure and step.name in (posthoc_blocks or {}):
+            step.draw(posthoc_blocks[step.name], path(step.figure[0]), labels)
     if test_evidence is not None and 'u' in id_arrays:
         images = (test.images.cpu() * spec.std + spec.mean).clamp(0, 1)
         figures.extreme_uncertainty_grid(images, id_arrays['u'], test_evidence.cpu(), labels, preds,
