@@ -71,6 +71,23 @@ def _rows(table: dict) -> list:
     return rows
 
 
+#: How close a Ray run's metrics are to the local engine's: both run the same command with the same thread settings,
+#: yet 2 of ~6 comparisons on the 2-core VM differed in the 6th significant digit (NLL 1.3784900 vs 1.3784926, the
+#: same accuracy), as PyTorch's CPU kernels may sum in another order from one process to another
+ENGINE_RTOL = 1e-4
+
+
+def _same(a, b) -> bool:
+    """Equal, numbers to `ENGINE_RTOL` (also inside dicts and lists)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=ENGINE_RTOL, abs=1e-9)
+    return a == b
+
+
 def _metric_columns(table: dict) -> list:
     return [c for c in table['columns'] if c['key'] != TRAIN_COLUMN]
 
@@ -430,10 +447,10 @@ def test_ray_runs_land_on_both_nodes_and_give_the_local_table(ray_cluster_sweep,
     local = [r for r in _state(local_sweep[0], 'grid')['runs'] if r['settings']['kl_coef'] == 0.01]
     by_seed = {r['settings']['seed']: r for r in local}
     for r in state['runs']:
-        assert r['metrics'] == by_seed[r['settings']['seed']]['metrics']
+        assert _same(r['metrics'], by_seed[r['settings']['seed']]['metrics'])
     table = json.loads((project / 'logs' / 'sweeps' / 'ray' / 'comparison.json').read_text())
     expected = _local_table(local_sweep[0], local)
-    assert _metric_columns(table) == expected['columns'] and _rows(table) == _rows(expected)
+    assert _metric_columns(table) == expected['columns'] and _same(_rows(table), _rows(expected))
 
 
 def test_ray_engine_starts_its_own_ray_and_gives_the_local_table(local_sweep, tmp_path_factory, synthetic_data_dir):
@@ -452,7 +469,7 @@ def test_ray_engine_starts_its_own_ray_and_gives_the_local_table(local_sweep, tm
     state = _state(project, 'ray')
     assert len({r['node'] for r in state['runs']}) == 1
     local = [r for r in _state(local_sweep[0], 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
-    assert state['runs'][0]['metrics'] == local[0]['metrics']
+    assert _same(state['runs'][0]['metrics'], local[0]['metrics'])
     table = json.loads((project / 'logs' / 'sweeps' / 'ray' / 'comparison.json').read_text())
     expected = _local_table(local_sweep[0], local)
-    assert _metric_columns(table) == expected['columns'] and _rows(table) == _rows(expected)
+    assert _metric_columns(table) == expected['columns'] and _same(_rows(table), _rows(expected))
