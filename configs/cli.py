@@ -21,6 +21,7 @@ of it (in the spirit of nanoGPT's configurator):
 """
 import ast
 import difflib
+import functools
 import inspect
 import math
 import re
@@ -138,6 +139,7 @@ OPTIMIZER_HELP = {
 _DECLARATION = re.compile(r'^    ([A-Za-z_][A-Za-z0-9_]*)\s*:')
 
 
+@functools.lru_cache(maxsize=None)  # reading the classes' source is slow, and `schema` is called per command line
 def key_help(configs_class) -> Dict[str, str]:
     """Each key's meaning: the comment lines right above its declaration in the Configs classes of this project
     (the most derived class that declares the key with a comment wins)."""
