@@ -61,7 +61,7 @@ with torch.no_grad():
 clamp = {name: getattr(mod, "LOG_CLAMP_MIN", None) for name, mod in (("utils", utils), ("semiring", semiring))}
 unclamped = None
 if all(v is not None for v in clamp.values()):
-    utils.LOG_CLAMP_MIN = semiring.LOG_CLAMP_MIN = -math.inf  # the workaround (issue #416)
+    utils.LOG_CLAMP_MIN = semiring.LOG_CLAMP_MIN = -math.inf  # the workaround (cirkit's issue #416)
     with torch.no_grad():
         unclamped = model(images).tolist()
 print(json.dumps({"status": "ok", "version": version("libcirkit"), "clamp": clamp,
