@@ -63,11 +63,12 @@ class Dashboard(_BaseDashboard):
         self._reader.join(5)
         return rc
 
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30):
-        """(status, parsed JSON or raw text) of one request; HTTP errors are answers too."""
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30, json_type: bool = True):
+        """(status, parsed JSON or raw text) of one request; HTTP errors are answers too. With `json_type=False`
+        exactly `headers` are sent (no Content-Type unless given)."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={'Content-Type': 'application/json', **(headers or {})})
+        sent = {'Content-Type': 'application/json', **(headers or {})} if json_type else dict(headers or {})
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
             with _HTTP.open(req, timeout=timeout) as r:
                 status, text = r.status, r.read().decode()

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,24 +20,13 @@ from tests.conftest import ROOT
 from tests.test_dashboard import _readline
 from tests.test_dashboard_reliability import ENV, Dashboard, _fake_run, _fake_run_dir
 
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 TRACK = '/api/v1/default/track?labml_version=0.5.3&run_uuid='
 EVIL = 'http://evil.example'
 
 
 def _request(d, method, path, body=None, headers=None, timeout=30):
     """(status, answer) with exactly these headers (no Content-Type unless given)."""
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(d.url + path, data=data, method=method, headers=headers or {})
-    try:
-        with _HTTP.open(req, timeout=timeout) as r:
-            status, text = r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode()
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
+    return d.request(method, path, body, headers, timeout, json_type=False)
 
 
 def _snapshot(folder: Path):
