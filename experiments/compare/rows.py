@@ -208,24 +208,19 @@ def load_row(run: str, experiments_path: Path, split: str = 'test') -> Row:
         for score, per_metric in per_score.items():
             for metric, value in per_metric.items():
                 row.values[f'ood/{set_name}/{score}/{metric}'] = _number(value)
-    for p in perturbations.all_perturbations():
-        block = evaluation.get(p.name)
+    # each perturbation and post-hoc step turns its own block into columns
+    shifts = perturbations.all_perturbations()
+    for plugin in [*shifts, *posthoc.all_steps()]:
+        block = evaluation.get(plugin.name)
         if not isinstance(block, dict):
             continue
         try:
-            row.values.update({column: _number(v) for column, v in p.columns(block).items()})
-            p.layout(block)
+            row.values.update({column: _number(v) for column, v in plugin.columns(block).items()})
+            if plugin in shifts:
+                plugin.layout(block)  # what their comparison figures read
+                row.perturbations[plugin.name] = block
         except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-            raise CompareError(f"{path}: its {p.name} block is not one of this app; run `{command}` again") from None
-        row.perturbations[p.name] = block
-    for step in posthoc.all_steps():
-        block = evaluation.get(step.name)
-        if not isinstance(block, dict):
-            continue
-        try:
-            row.values.update({column: _number(v) for column, v in step.columns(block).items()})
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-            raise CompareError(f"{path}: its {step.name} block is not one of this app; run `{command}` again") from None
+            raise CompareError(f"{path}: its {plugin.name} block is not one of this app; run `{command}` again") from None
     return row
 
 
