@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_dashboard import _readline
 from tests.test_dashboard_reliability import ENV, Dashboard
-from tests.test_dashboard_security import _HTTP
+from tests.test_dashboard import _HTTP
 
 
 # ------------------------------------------------------------------------------------------- connections
