@@ -8,6 +8,7 @@ The browser test needs Debian's `chromium` and the `playwright` package; it skip
 import base64
 import collections
 import json
+import math
 import os
 import re
 import select
@@ -359,6 +360,16 @@ def test_card_selection_follows_series_names_when_new_series_arrive():
     assert _realign([1, -1], ['b', 'd'], ['a', 'b', 'c', 'd']) == [-1, 1, -1, -1]
 
 
+def test_the_served_front_end_colours_only_the_drawn_lines():
+    from experiments.dashboard import server
+    static_dir = server.labml_app_static_dir()
+    original = (static_dir / server.BUNDLE).read_text(encoding='utf-8')
+    patched = server.patched_bundle(static_dir).decode('utf-8')
+    for before, after in server.BUNDLE_PATCHES.items():
+        assert before in original and before not in patched and patched.count(after) == 1
+    assert len(patched) - len(original) == sum(len(a) - len(b) for b, a in server.BUNDLE_PATCHES.items())
+
+
 def test_vendored_assets_match_their_manifest_and_cover_the_page():
     from experiments.dashboard import server, vendor
     assert vendor.check() == []
@@ -417,6 +428,13 @@ def test_browser_finds_the_run_and_renders_its_charts(dashboard, smoke_run, tmp_
                 paths = chart.locator('path.smoothed-line').evaluate_all('ps => ps.map(p => p.getAttribute("d"))')
                 assert len(paths) == 3, (title, paths)
                 assert all(d and 'L' in d for d in paths), (title, paths)  # a line, not a single dot
+                strokes = chart.locator('path.smoothed-line').evaluate_all(
+                    'ps => ps.map(p => getComputedStyle(p).stroke)')
+                # one clearly distinct colour per quantile (labml-app's own colouring gives neighbouring series
+                # shades 10-25 apart in RGB; the divergent scale over three lines puts them >= 100 apart)
+                rgb = [[int(c) for c in re.findall(r'\d+', s)[:3]] for s in strokes]
+                closest = min(math.dist(a, b) for i, a in enumerate(rgb) for b in rgb[i + 1:])
+                assert closest > 60, (title, strokes)
             # the vendored libraries are the ones in use: d3 6.7.0, bootstrap's CSS, font-awesome's font
             assert page.evaluate('window.d3.version') == '6.7.0'
             assert page.evaluate("getComputedStyle(document.body).getPropertyValue('--bs-blue').trim()") == '#0d6efd'

@@ -14,7 +14,8 @@ from labml-app's public pieces instead:
     :data:`.charts.MAX_CARDS_PER_RUN` cards;
 * page: labml-app's compiled front end (``labml_app/static``), with the three
   CDN references in its ``index.html`` rewritten to copies served from
-  ``/vendor/`` (see ``static/VERSIONS.md``), so the page works without internet;
+  ``/vendor/`` (see ``static/VERSIONS.md``), so the page works without internet, and the colours of its
+  chart lines spread over the lines drawn (:data:`BUNDLE_PATCHES`);
 * the runs' uncertainty histograms (:mod:`.histograms`) and the pages that draw them, with a run table
   (:mod:`.views`); labml-app's page gets a script linking to them;
 * ``GET /api/dashboard/health``: a cheap probe for clients (see :mod:`.client`), with request statistics
@@ -87,6 +88,42 @@ def offline_index_html(static_dir: Path) -> str:
     return html.replace('</body>', LINKS_SCRIPT + '</body>', 1)
 
 
+# labml-app 0.5.14's charts colour a card's lines by each series' position among *all* the run's series
+# (``uniqueItems`` counts every series, selected or not, and the colour scale is spread over that count), so the
+# three quantile lines of a card - neighbours among a run's 30-60 series - come out in nearly the same colour.
+# Counting only the selected series spreads the divergent scale over the lines actually drawn. The spark-line
+# list colours only selected rows (unselected rows take the base colour), so it is patched the same way and
+# its rows keep the colours of the chart's lines. Each original must occur exactly once.
+BUNDLE_PATCHES: Dict[str, str] = {
+    # LineChart
+    'for(t of this.currentSeries.concat(this.baseSeries))this.uniqueItems.has(t.name)||this.uniqueItems.set(t.name,n++);':
+        'for(t of this.currentSeries.filter((e,i)=>1==this.currentPlotIndex[i])'
+        '.concat(this.baseSeries.filter((e,i)=>1==this.basePlotIndex[i])))'
+        'this.uniqueItems.has(t.name)||this.uniqueItems.set(t.name,n++);',
+    # SparkLines
+    'for(t of this.currentSeries.concat(this.baseSeries))this.uniqueItems.has(t.name)||this.uniqueItems.set(t.name,s++);':
+        'for(t of this.currentSeries.filter((e,i)=>1==this.currentPlotIdx[i])'
+        '.concat(this.baseSeries.filter((e,i)=>1==this.basePlotIdx[i])))'
+        'this.uniqueItems.has(t.name)||this.uniqueItems.set(t.name,s++);',
+}
+BUNDLE = 'js/bundle.min.js'
+
+
+def patched_bundle(static_dir: Path) -> bytes:
+    """labml-app's compiled front end with :data:`BUNDLE_PATCHES` applied.
+
+    Raises if an original is not found exactly once, which means labml-app changed its bundle and the patches
+    need updating.
+    """
+    js = (static_dir / BUNDLE).read_text(encoding='utf-8')
+    for original, replacement in BUNDLE_PATCHES.items():
+        if js.count(original) != 1:
+            raise RuntimeError(f'labml-app {BUNDLE} has {js.count(original)} copies of a patched line, '
+                               f'not 1; update BUNDLE_PATCHES in {__file__}')
+        js = js.replace(original, replacement)
+    return js.encode('utf-8')
+
+
 def _safe_file(root: Path, rel: str):
     """``root/rel`` if it is a file inside ``root``, else None (no path traversal)."""
     try:
@@ -126,6 +163,7 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
 
     static_dir = labml_app_static_dir().resolve()
     index_html = offline_index_html(static_dir)
+    bundle = patched_bundle(static_dir)
     app = FastAPI(title='labml dashboard', docs_url=None, redoc_url=None, openapi_url=None)
     started = time.time()
 
@@ -189,6 +227,8 @@ def create_app(store: str, *, token: Optional[str] = None, max_body: int = 16 * 
         if path is None or path.name == 'index.html':
             # the page routes itself (/runs, /run/<uuid>, ...): answer with the page
             return HTMLResponse(index_html)
+        if path == static_dir / BUNDLE:
+            return Response(bundle, media_type=MEDIA_TYPES['.js'])
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix))
 
     def exists(kind: str, uuid: str) -> bool:
