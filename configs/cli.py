@@ -32,6 +32,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 
 from configs.compat import declarations
 from configs.registry import Check, Preset, fraction_open, non_negative, one_of, positive
+from evidential.precision import PRECISIONS
 
 
 
@@ -118,6 +119,7 @@ CHECKS: Dict[str, Check] = {
     'lr_schedule': one_of(('constant', 'cosine', 'cosine_epochs')),
     'lr_period_epochs': positive,
     'device': _device,
+    'precision': one_of(PRECISIONS),
     'dashboard': _url,
     'optimizer.learning_rate': positive,
     'optimizer.weight_decay': non_negative,

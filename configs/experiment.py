@@ -23,6 +23,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 
 from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, normalize, resolve_device, \
     tensor_split
+from evidential.precision import autocast
 from evidential.prediction import Prediction, categorical_entropy
 from evidential.schedules import cosine_annealing, cosine_decay
 from configs.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, save_checkpoint
@@ -91,6 +92,9 @@ class MNISTExperimentConfigs(BaseConfigs):
     device: str = 'auto'
     # Seed of parameter initialisation, dropout, holdout split and shuffling
     seed: int = 5
+    # Arithmetic of forward passes and losses: `fp32`, or `bf16` (autocast to bfloat16; parameters, gradients
+    # and optimizer state stay float32). bf16 needs native support: CUDA, or an x86 CPU with AVX512-BF16/AMX
+    precision: str = 'fp32'
 
     # Passes over the training set
     epochs: int = 10
@@ -178,8 +182,9 @@ class MNISTExperimentConfigs(BaseConfigs):
         """Raw model outputs for a whole split (as `eval_forward` gives them, joined along the sample
         dimension, the second-to-last), in large batches, in eval mode."""
         self.model.eval()
-        outs = [self.eval_forward(x) for x, _ in split.batches(self.valid_batch_size)]
-        return torch.cat(outs or [self.eval_forward(split.images[:0])], dim=-2)
+        with autocast(self.precision, split.images.device):
+            outs = [self.eval_forward(x).float() for x, _ in split.batches(self.valid_batch_size)]
+            return torch.cat(outs or [self.eval_forward(split.images[:0]).float()], dim=-2)
 
     def evaluate(self, split: TensorSplit) -> Tuple[Prediction, torch.Tensor]:
         """The prediction for a whole split and its correctness mask."""
@@ -286,7 +291,8 @@ class MNISTExperimentConfigs(BaseConfigs):
                 for g, lr in zip(self.optimizer.param_groups, base_lrs):
                     g['lr'] = lr * factor
             x = self.transform_batch(x, generator)
-            outputs, loss, extras = self.training_step(x, y, samples_seen, generator)
+            with autocast(self.precision, device):
+                outputs, loss, extras = self.training_step(x, y, samples_seen, generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -27,6 +27,7 @@ from configs.checkpoint import BEFORE_CHECKPOINT, VALUES_FILE, CheckpointError, 
 from configs.cli import CHECKS, UsageError, check, resolve, schema, validate
 from configs.compat import quiet_start, set_values, tolerate_concurrent_starts, use_lab_file
 from configs.experiment import Interrupted, MNISTExperimentConfigs
+from evidential.precision import check_precision
 
 # Keys that may differ when a run is resumed (everything else is taken from the run): those that do not change
 # what is trained, and how long and how fast it goes on
@@ -135,6 +136,7 @@ def prepare(family: registry.Family, argv: List[str],
         experiment.configs(conf, dict(values))
         # Build everything that can fail on bad input before the run folder exists
         _ = conf.dataset, conf.model, conf.optimizer
+    check_precision(conf.precision, conf.dataset.train.images.device)  # PrecisionError (a ValueError)
     n_train = len(conf.dataset.train)
     if conf.train_batch_size > n_train:  # an error, not a silent clamp: the batch size is part of the recipe
         raise UsageError(f"train_batch_size={conf.train_batch_size} is larger than the training set ({n_train} images"

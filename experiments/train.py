@@ -11,6 +11,7 @@ numbers (the last good checkpoint is kept), 4 a file of the run could not be wri
 message names the file; the last complete checkpoint is kept and `resume=` continues from it once the disk has
 room), 130 / 143 interrupted by Ctrl-C / SIGTERM (with how to resume).
 """
+import os
 import shlex
 import shutil
 import sys
@@ -76,6 +77,9 @@ def main(family_name: str, argv: Optional[List[str]] = None) -> int:
     family = registry.get(family_name)
     try:
         prepared = prepare(family, argv, _writers)
+    except BrokenPipeError:  # `--help | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except (UsageError, CheckpointError, DataError, ValueError) as e:  # ValueError: e.g. no CUDA for device=cuda
         print(f"error: {e}", file=sys.stderr)
         return 2
