@@ -1,6 +1,8 @@
 r"""
-# Split conformal prediction sets (Vovk et al. 2005; Angelopoulos & Bates, *A Gentle Introduction to Conformal
-# Prediction*, 2021)
+# Split conformal prediction sets
+
+Vovk et al., *Algorithmic Learning in a Random World* (2005); Angelopoulos & Bates, *A Gentle Introduction to
+Conformal Prediction* (2021).
 
 Given predictive probabilities $\hat{p}(x) \in \Delta^{K-1}$ of any model, a *non-conformity score* $s(x, y)$
 (large = $y$ fits $x$ badly) and $n$ calibration pairs $(x_i, y_i)$ exchangeable with a test pair $(x, y)$, let

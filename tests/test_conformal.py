@@ -93,7 +93,8 @@ def test_lac_sets_are_the_labels_whose_probability_reaches_one_minus_q():
         assert summary['mean_size'] == pytest.approx(size.mean())
         assert summary['median_size'] == np.median(size)
         assert summary['empty'] == pytest.approx((size == 0).mean())
-        assert summary['by_size'] == {str(m): {'n': int((size == m).sum()), 'coverage': pytest.approx(hit[size == m].mean())}
+        assert summary['by_size'] == {str(m): {'n': int((size == m).sum()),
+                                               'coverage': pytest.approx(hit[size == m].mean())}
                                       for m in np.unique(size)}
         by_class = [hit[y == c].mean() for c in range(6)]
         assert summary['by_class'] == pytest.approx(by_class)
