@@ -83,14 +83,14 @@ def test_hard_zeros_give_a_finite_fit():
 
 def test_the_registry_is_consistent():
     steps = posthoc.all_steps()
-    assert [s.name for s in steps] == list(posthoc.POSTHOC) == ['temperature']
+    assert [s.name for s in steps] == list(posthoc.POSTHOC) == ['temperature', 'conformal']
     assert all(s.figure[1].startswith('eval_') for s in steps if s.figure)  # removed on a failed write
     columns = [c for s in steps for c in s.column_names()]
     assert len(columns) == len(set(columns)) and all(compare.is_column_name(c) for c in columns)
     # the temperature has no better value: never bold; the scaled NLL and ECE are lower-is-better
     assert direction('temperature/T') is None
     assert direction('temperature/nll') == direction('temperature/ece') == 'min'
-    with pytest.raises(KeyError, match='known: temperature'):
+    with pytest.raises(KeyError, match='known: temperature, conformal'):
         posthoc.get('laplace')
 
 
@@ -155,8 +155,9 @@ def test_a_run_with_a_held_out_split_gets_a_temperature_block(holdout_runs, work
 
 def test_a_run_without_a_held_out_split_gets_a_note_and_no_block(smoke_run):
     _, result = evaluate_run(str(smoke_run), samples=NO_PERTURBATIONS, log=lambda _: None)
-    assert 'temperature' not in result
+    assert 'temperature' not in result and 'conformal' not in result
     assert 'temperature scaling skipped: the run has no held-out split' in result['notes']
+    assert 'conformal prediction skipped: the run has no held-out split' in result['notes']
     assert 'reliability_scaled' not in result['figures']
     assert not (smoke_run / 'eval_reliability_scaled.png').exists()
 

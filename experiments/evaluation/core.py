@@ -105,7 +105,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             log(f"note: {note}")
         # post-hoc steps (test split only): fitted on the held-out split's predictions, seeded as the test's
         posthoc_blocks, posthoc_notes = ({}, []) if selecting else posthoc.run_all(posthoc.Context(
-            *_held_out_arrays(conf), id_arrays, labels, family.primary_score))
+            *_held_out_arrays(conf), id_arrays, labels, family.primary_score, ood_arrays))
         for note in posthoc_notes:
             log(f"note: {note}")
 

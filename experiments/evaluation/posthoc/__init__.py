@@ -22,6 +22,7 @@ __all__ = ['POSTHOC', 'Context', 'PostHoc', 'get', 'all_steps', 'run_all', 'dire
 #: Name (the key of its block in `evaluation.json`) → the module that declares its `POSTHOC`
 POSTHOC: Dict[str, str] = {
     'temperature': 'experiments.evaluation.posthoc.temperature',
+    'conformal': 'experiments.evaluation.posthoc.conformal',
 }
 
 

@@ -1,6 +1,6 @@
 """What a post-hoc step is: a change of a trained run's predictions fitted on its held-out split (temperature
 scaling, ...), everything the app needs to know about one in one class."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,12 +14,14 @@ class Context:
     it was trained with holdout=0 and validated on the test set) and the test predictions it is judged on.
 
     `*_arrays` are those of `predictions.npz` (`probs` and the family's own scores, float32);
-    `primary` is the family's primary score (that of the `id` block's AURC)."""
+    `primary` is the family's primary score (that of the `id` block's AURC); `ood_arrays` are the OOD sets'
+    arrays (`{set name: arrays}`, those of the `ood` block)."""
     valid_arrays: Optional[Dict[str, np.ndarray]]
     valid_labels: Optional[np.ndarray]
     test_arrays: Dict[str, np.ndarray]
     test_labels: np.ndarray
     primary: str = 'entropy'
+    ood_arrays: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def has_holdout(self) -> bool:
