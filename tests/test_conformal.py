@@ -4,15 +4,15 @@ Split conformal prediction (`evidential.conformal`) and its post-hoc step (`expe
 * the quantile is the ⌈(n+1)(1−α)⌉-th smallest calibration score (a direct numpy computation), ∞ where that rank
   exceeds n; LAC sets are {y : p̂_y ≥ 1 − q̂}, and the set summaries are direct counts;
 * APS and RAPS scores against a straightforward per-sample loop, and against TorchCP 1.2.1's own score files on
-  the same inputs and the same draws u (skipped, saying why, where TorchCP is not installed: it is installed with
-  `pip install --no-deps torchcp==1.2.1`, and its files are loaded by path, see `_load_torchcp`);
+  the same inputs and the same draws u (skipped, saying why, where TorchCP is not installed: the README's test
+  command installs it into `.oracles/` with `pip install --no-deps --target`, and its files are loaded by path,
+  see `_load_torchcp`);
 * coverage on exchangeable data from a known model, over many calibration/test splits: the mean coverage is the
   exact finite-sample value ⌈(n+1)(1−α)⌉/(n+1) ≥ 1 − α, for a miscalibrated p̂ too;
 * in a real run's evaluation: the block, recomputed from `predictions.npz` and the documented seed, and the
   `compare` columns. (A run without a held-out split: `tests/test_posthoc.py`.)
 """
 import importlib
-import importlib.util
 import json
 import math
 import sys
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import ROOT
 from sklearn.metrics import roc_auc_score
 
 from evidential.conformal import (aps_scores, conformal_quantile, lac_scores, prediction_sets, raps_scores,
@@ -121,18 +123,20 @@ def test_aps_and_raps_scores_match_a_per_sample_loop_and_give_top_m_sets():
         aps_scores(probs, torch.rand(300, 7))
 
 
+# Installed apart, by the README's test command: `--target` keeps its wheel's top-level `tests` and `examples`
+# packages out of site-packages
+TORCHCP_DIR = ROOT / '.oracles'
+
+
 def _load_torchcp():
     """TorchCP 1.2.1's `score/{base,lac,aps,raps}.py` and `utils/common.py`, loaded from the installed files under
     empty stand-ins for their packages: `import torchcp` runs `torchcp/classification/__init__.py`, which imports
     torchsort (a C++ build) and the LLM and graph parts; the five files import only `torch`, `math`, `warnings`
     and each other. Returns `({name: module}, None)` or `(None, why the tests skip)`."""
-    try:
-        spec = importlib.util.find_spec('torchcp')  # finds the package without running its __init__
-    except (ImportError, ValueError) as e:
-        return None, f'torchcp cannot be found ({type(e).__name__}: {e})'
-    if spec is None or not spec.submodule_search_locations:
-        return None, 'torchcp is not installed (the oracle tests need `pip install --no-deps torchcp==1.2.1`)'
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = TORCHCP_DIR / 'torchcp'
+    if not (root / 'classification' / 'score' / 'aps.py').is_file():
+        return None, (f'TorchCP is not in {TORCHCP_DIR} (the oracle tests need '
+                      f'`pip install --no-deps --upgrade --target {TORCHCP_DIR.relative_to(ROOT)} torchcp==1.2.1`)')
     saved = {k: v for k, v in sys.modules.items() if k == 'torchcp' or k.startswith('torchcp.')}
     try:
         for name, path in [('torchcp', root), ('torchcp.classification', root / 'classification'),
