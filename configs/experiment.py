@@ -488,6 +488,22 @@ def _nesterov_sgd(c: OptimizerConfigs):
     return torch.optim.SGD(c.parameters, c.learning_rate, c.momentum, weight_decay=c.weight_decay, nesterov=True)
 
 
+@option(OptimizerConfigs.optimizer, 'FusedAdam')
+def _fused_adam(c: OptimizerConfigs):
+    r"""PyTorch's fused Adam: one kernel updates every parameter, where labml_nn's `Adam` runs a few tensor operations
+    per parameter from Python. The same update as labml_nn's `Adam` in exact arithmetic (its bias corrections are
+    folded into the step size and $\epsilon$, PyTorch's into the moments), so results differ by rounding only.
+    labml_nn's decoupled weight decay, $\theta \leftarrow \theta (1 - \eta \lambda)$, is AdamW's; with
+    `weight_decouple=False` it is the L2 term of `torch.optim.Adam`. `weight_decay_absolute` has no PyTorch
+    counterpart and is refused."""
+    if c.weight_decay_absolute:
+        raise ValueError("optimizer.optimizer=FusedAdam: optimizer.weight_decay_absolute=True has no PyTorch "
+                         "counterpart; use optimizer.optimizer=Adam")
+    kind = torch.optim.AdamW if c.weight_decouple else torch.optim.Adam
+    return kind(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
+                amsgrad=c.amsgrad, fused=True)
+
+
 @option(MNISTExperimentConfigs.optimizer)
 def _optimizer(c: MNISTExperimentConfigs):
     opt = OptimizerConfigs()

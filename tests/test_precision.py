@@ -81,3 +81,30 @@ def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_state(workdir, synthe
     assert fp32['loss.train'] != bf16['loss.train']
     assert math.isclose(fp32['loss.train'], bf16['loss.train'], rel_tol=0.05)
     assert abs(fp32['accuracy.valid'] - bf16['accuracy.valid']) < 0.05
+
+
+@pytest.mark.parametrize('decouple', [True, False])
+def test_fused_adam_makes_labml_nn_adams_update(decouple):
+    """`optimizer.optimizer=FusedAdam` against labml_nn's `Adam` (the presets' optimizer) on the same gradients."""
+    from types import SimpleNamespace
+
+    from labml_nn.optimizers import WeightDecay
+    from labml_nn.optimizers.adam import Adam
+
+    from configs.experiment import _fused_adam
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(learning_rate=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-2, amsgrad=False)
+    fused = _fused_adam(SimpleNamespace(parameters=ours, weight_decouple=decouple, weight_decay_absolute=False,
+                                        **settings))
+    labml = Adam(theirs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=WeightDecay(5e-2, weight_decouple=decouple))
+    for step in range(50):
+        grads = [torch.randn_like(p) * (1 + step % 3) for p in ours]
+        for params, opt in ((ours, fused), (theirs, labml)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
