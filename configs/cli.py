@@ -69,7 +69,7 @@ HIDDEN_KEYS = {'experiment_name', 'n_classes', 'optimizer'}
 OPTIMIZER_KEYS = {'optimizer', 'learning_rate', 'weight_decay', 'weight_decouple', 'weight_decay_absolute',
                   'betas', 'eps', 'momentum', 'amsgrad', 'warmup'}
 # labml_nn optimizers that work for these experiments (Noam needs d_model, Sophia a Hessian estimate)
-OPTIMIZERS = ['Adam', 'FusedAdam', 'AdamW', 'SGD', 'NesterovSGD', 'RAdam', 'AdaBelief']
+OPTIMIZERS = ['Adam', 'AdamW', 'SGD', 'NesterovSGD', 'RAdam', 'AdaBelief', 'FusedAdam']
 
 
 def _betas(v):
