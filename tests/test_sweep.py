@@ -276,11 +276,21 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
     project, _, _ = local_sweep
     (tmp_path / '.labml.yaml').write_text(LABML_YAML)
     monkeypatch.chdir(tmp_path)
+    import torch
     from experiments import evaluate, evidence_mnist
-    assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
-    (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
-    assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64',
-                          '--ood-file', str(project / 'noise.npy')]) == 0
+    from experiments.sweep.processes import thread_share
+    # the sweep ran two at a time, each run with its share of the cores: by hand, the same thread count (the last
+    # digits of a CPU run depend on it)
+    share = thread_share(2, os.environ)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(share['OMP_NUM_THREADS']) if share else threads)
+    try:
+        assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
+        (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
+        assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64',
+                              '--ood-file', str(project / 'noise.npy')]) == 0
+    finally:
+        torch.set_num_threads(threads)
     mine = json.loads((by_hand / 'evaluation.json').read_text())
     (run,) = [r for r in _state(project, 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
     swept = json.loads((project / 'logs' / 'evidence_mnist' / run['uuid'] / 'evaluation.json').read_text())
@@ -473,3 +483,11 @@ def test_ray_engine_starts_its_own_ray_and_gives_the_local_table(local_sweep, tm
     table = json.loads((project / 'logs' / 'sweeps' / 'ray' / 'comparison.json').read_text())
     expected = _local_table(local_sweep[0], local)
     assert _metric_columns(table) == expected['columns'] and _same(_rows(table), _rows(expected))
+
+
+def test_concurrent_local_runs_share_the_cores_unless_the_shell_chose():
+    from experiments.sweep.processes import THREAD_VARS, thread_share
+    assert thread_share(2, {}, cpus=8) == {var: '4' for var in THREAD_VARS}
+    assert thread_share(3, {}, cpus=2) == {var: '1' for var in THREAD_VARS}  # at least one each
+    assert thread_share(1, {}, cpus=8) == {}  # one run has the machine
+    assert thread_share(4, {'MKL_NUM_THREADS': '2'}, cpus=8) == {}  # the user's setting wins

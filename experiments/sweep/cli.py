@@ -1,5 +1,6 @@
 """The command line of `python -m experiments.sweep`: options, the checks before anything runs, the engine."""
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -11,6 +12,7 @@ from experiments.sweep.engines.local import LocalEngine
 from experiments.sweep.errors import EXIT_USAGE, SweepError
 from experiments.sweep.grid import load_sweep_file, parse_axes
 from experiments.sweep.loop import Sweep
+from experiments.sweep.processes import thread_share
 from experiments.sweep.plan import check_data, default_name, plan
 
 
@@ -181,5 +183,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
     else:
+        threads = thread_share(jobs, os.environ)
+        if threads:
+            sweep.env.update(threads)
+            print(f"note: {jobs} runs at a time on {os.cpu_count()} CPU cores: each run uses "
+                  f"{threads['OMP_NUM_THREADS']} thread(s) (set OMP_NUM_THREADS to choose)", file=sys.stderr)
         sweep.engine = LocalEngine(jobs)
     return sweep.run()

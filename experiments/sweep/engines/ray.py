@@ -33,10 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import experiments.sweep.processes as processes
 from experiments.sweep.errors import SweepError
-from experiments.sweep.processes import die_with_parent, exit_status
-
-#: Thread settings passed from the sweep's shell to every run (removed where the shell has none)
-THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
+from experiments.sweep.processes import THREAD_VARS, die_with_parent, exit_status
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
