@@ -20,11 +20,13 @@ balanced training set the two differ by a constant.)
 **Jitter.** With fewer images than feature dimensions in a class, or dead units, $\Sigma_c$ is singular and its
 Cholesky factorisation fails. The DDU code (`utils/gmm_utils.py`, `gmm_fit`) then tries
 $\Sigma_c + \epsilon I$ for $\epsilon$ in $[0,\ \text{tiny}_{\text{float64}},\ 10^{-308},\ 10^{-307}, \dots, 10^{-1}]$
-(`JITTERS`) and keeps the first for which every class's Cholesky succeeds. `find_jitter` returns that same
-$\epsilon$: it bisects the list instead of walking it (about 9 factorisations instead of up to 310 — a
-rank-deficient covariance of 500-dimensional features needs $\epsilon \approx 10^{-13}$, the 296th entry), which
-finds the first success wherever success is monotone in $\epsilon$ — as it is for $\Sigma + \epsilon I$, whose
-eigenvalues all grow with $\epsilon$; `tests/test_ddu.py` checks the pick against the DDU code's linear scan.
+(`JITTERS`) and keeps the first for which every class's Cholesky succeeds; it adds `jitter * torch.eye(d)`, a
+float32 identity, so $\epsilon$ is rounded to float32 and one below $1.4 \cdot 10^{-45}$ adds nothing
+(`jitter_matrix` does the same). `find_jitter` returns that same $\epsilon$: it bisects the list instead of
+walking it (about 9 factorisations instead of up to 310 — a rank-deficient covariance needs
+$\epsilon \approx 10^{-16} \dots 10^{-13}$ times its scale, near the end of the list), which finds the first
+success wherever success is monotone in $\epsilon$ — as it is for $\Sigma + \epsilon I$, whose eigenvalues all
+grow with $\epsilon$; `tests/test_ddu.py` checks the pick against the DDU code's linear scan.
 
 **Log-density.** With $L_c L_c^\top = \Sigma_c + \epsilon I$ (Cholesky, stored) and $m = L_c^{-1}(z - \mu_c)$,
 
