@@ -244,6 +244,37 @@ def fgsm_plot(eps: ArrayLike, accuracy: ArrayLike, mean_entropy: ArrayLike, path
     return _save(fig, path)
 
 
+def pgd_plot(curves: Mapping[str, Mapping], path: PathLike) -> Path:
+    r"""Accuracy (left) and the AUROC of the primary score separating attacked from clean images (right) against
+    $\epsilon$, under FGSM (dotted), PGD-10 (dashed) and PGD-40 (solid), for one run or several.
+
+    `curves`: `{label: the pgd block of an evaluation.json}` (`eps`, `score`, `attacks`)."""
+    if not curves:
+        raise ValueError("`curves` is empty")
+    fig = Figure(figsize=(11, 3.8))
+    ax_acc, ax_auc = fig.subplots(1, 2)
+    styles = {1: ':', 10: '--', 40: '-'}  # by the number of steps
+    scores = list(dict.fromkeys(block['score'] for block in curves.values()))
+    for i, (label, block) in enumerate(curves.items()):
+        for attack in block['attacks'].values():
+            style = styles.get(attack['steps'], '-.')
+            by = f", AUROC of {block['score']}" if len(scores) > 1 else ''
+            ax_acc.plot(block['eps'], attack['accuracy'], style, marker='o', ms=3, color=f'C{i}',
+                        label=f"{label}: {attack['name']}{by}")
+            ax_auc.plot(block['eps'], attack['auroc'][block['score']], style, marker='o', ms=3, color=f'C{i}')
+    ax_auc.axhline(0.5, color='grey', lw=0.8)  # chance: the score does not tell them apart
+    auroc = f"AUROC of {scores[0]}" if len(scores) == 1 else 'AUROC of the primary score'
+    for ax, name in ((ax_acc, 'accuracy'), (ax_auc, f'{auroc}, attacked vs clean')):
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(r'$\epsilon$ (pixel intensity, images in [0, 1])')
+        ax.set_ylabel(name)
+    handles, labels = ax_acc.get_legend_handles_labels()
+    fig.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=min(3, len(labels)))
+    n = next(iter(curves.values()))['n_samples']
+    fig.suptitle(f"PGD (random start, 10 and 40 steps) and FGSM (first {n:,} test images)")
+    return _save(fig, path)
+
+
 def missing_pixels_plot(curves: Mapping[str, Mapping], path: PathLike, *, num_classes: Optional[int] = None) -> Path:
     """cirkit's tutorial figure, for one run or several: accuracy (left) and mean predictive entropy (middle)
     against the fraction of uniformly random missing pixels, and accuracy per structured pattern (right).

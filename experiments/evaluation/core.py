@@ -100,7 +100,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
         earlier = _earlier_blocks(run_dir / results_file, state['epoch']) if not selecting else {}
         blocks, perturbation_notes, kept = ({}, [], []) if selecting else perturbations.run_all(perturbations.Context(
-            conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples), earlier)
+            conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples,
+            family.primary_score), earlier)
         for note in perturbation_notes:
             log(f"note: {note}")
         # post-hoc steps (test split only): fitted on the held-out split's predictions, seeded as the test's

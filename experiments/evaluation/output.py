@@ -137,4 +137,14 @@ def format_table(results: Dict[str, Any]) -> str:
         lines.append('  eps          ' + ' '.join(f'{e:5.2f}' for e in f['eps']))
         lines.append('  accuracy     ' + ' '.join(f'{a:5.3f}' for a in f['accuracy']))
         lines.append('  mean entropy ' + ' '.join(f'{h:5.3f}' for h in f['mean_entropy']))
+    if 'pgd' in results:
+        g = results['pgd']
+        lines.append('')
+        lines.append(f"PGD and FGSM ({g['n_samples']:,} test images; eps in pixel units; AUROC of {g['score']}, "
+                     f"attacked vs clean)")
+        lines.append('  eps             ' + ' '.join(f'{e:5.2f}' for e in g['eps']))
+        for attack in g['attacks'].values():
+            lines.append(f"  {attack['name'] + ' accuracy':<15} " + ' '.join(f'{a:5.3f}' for a in attack['accuracy']))
+            lines.append(f"  {attack['name'] + ' AUROC':<15} "
+                         + ' '.join(f'{a:5.3f}' for a in attack['auroc'][g['score']]))
     return '\n'.join(lines)

@@ -26,6 +26,7 @@ __all__ = ['PERTURBATIONS', 'Context', 'Perturbation', 'SampleOption', 'get', 'a
 #: Name (the key of its block in `evaluation.json`) → the module that declares its `PERTURBATION`
 PERTURBATIONS: Dict[str, str] = {
     'fgsm': 'experiments.evaluation.perturbations.fgsm',
+    'pgd': 'experiments.evaluation.perturbations.pgd',
     'rotation': 'experiments.evaluation.perturbations.rotation',
     'missing_pixels': 'experiments.evaluation.perturbations.missing_pixels',
 }

@@ -22,13 +22,16 @@ class SampleOption:
 @dataclass(frozen=True)
 class Context:
     """What a perturbation gets: the rebuilt run (`conf`, with its model in eval mode), its test split, the
-    predicted classes of that split, the family's capabilities and the sample counts asked for."""
+    predicted classes of that split, the family's capabilities, the sample counts asked for and the family's
+    primary score."""
     conf: Any
     test: Any
     preds: Any
     capabilities: Capabilities = Capabilities()
     # `{perturbation name: N}` from the sample options; a perturbation missing here uses its default
     samples: Optional[Dict[str, int]] = None
+    # The score that ranks the family's predictions (`Family.primary_score`: `u`, else `entropy`)
+    primary_score: str = 'entropy'
 
     def n_samples(self, perturbation: 'Perturbation') -> int:
         """How many test images `perturbation` gets: its sample option (or its default), at most the split."""
