@@ -49,7 +49,8 @@ def trained_baselines(tmp_path_factory, data_dir: Path):
                 (runs[name],) = list((project / 'logs' / name).iterdir())
             from experiments import evaluate
             for run in runs.values():
-                assert evaluate.main([run.name, '--fgsm-samples', '0', '--missing-samples', '64']) == 0
+                assert evaluate.main([run.name, '--fgsm-samples', '0', '--pgd-samples', '0',
+                                      '--missing-samples', '64']) == 0
         _CACHE.update(project=project, runs=runs)
     return _CACHE['project'], _CACHE['runs']
 

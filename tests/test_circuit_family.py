@@ -65,6 +65,7 @@ def test_circuit_on_real_mnist_marginalises_what_is_missing(workdir, real_data_d
     # -log p(x): Fashion-MNIST images are far less likely under an MNIST circuit
     assert result['ood']['fashion_mnist']['neg_log_density']['auroc'] > 0.95
     assert 'fgsm' not in result and any('FGSM' in n for n in result['notes'])
+    assert 'pgd' not in result and 'PGD sweep skipped: the model is not differentiable in its input' in result['notes']
     sweep = result['missing_pixels']
     assert sweep['missing_pixels'] == 'integrated out exactly' and sweep['fractions'] == list(MISSING_FRACTIONS)
     assert (run / 'eval_missing_pixels.png').stat().st_size > 10_000

@@ -200,7 +200,7 @@ def seed_runs(tmp_path_factory, synthetic_data_dir):
             (runs[name],) = set((project / 'logs' / 'evidence_mnist').glob('*')) - before
         try:
             for run in runs.values():
-                assert evaluate.main([run.name, '--fgsm-samples', '0', '--missing-samples', '64',
+                assert evaluate.main([run.name, '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '64',
                                       '--device', 'cpu']) == 0
         finally:
             silence_monitor(False)  # evaluate silences labml's monitor

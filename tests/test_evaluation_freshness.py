@@ -17,7 +17,7 @@ from configs.checkpoint import CheckpointError, load_checkpoint
 from experiments import compare, evaluate
 from tests.conftest import ROOT
 
-QUICK = ['--fgsm-samples', '32', '--missing-samples', '32']
+QUICK = ['--fgsm-samples', '32', '--pgd-samples', '0', '--missing-samples', '32']
 
 
 def _checkpoint_epoch(run) -> int:
@@ -85,7 +85,7 @@ def test_a_partial_re_evaluation_keeps_what_it_did_not_recompute(smoke_run, caps
     assert evaluate.main([str(run), *QUICK]) == 0
     first = json.loads((run / 'evaluation.json').read_text())
     figure = (run / 'eval_fgsm.png').read_bytes()
-    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '32']) == 0
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '32']) == 0
     second = json.loads((run / 'evaluation.json').read_text())
     assert second['fgsm'] == first['fgsm'] and (run / 'eval_fgsm.png').read_bytes() == figure
     assert second['figures']['fgsm'] == 'eval_fgsm.png'
@@ -93,6 +93,6 @@ def test_a_partial_re_evaluation_keeps_what_it_did_not_recompute(smoke_run, caps
     assert second['missing_pixels'] == first['missing_pixels']  # recomputed, the same numbers
     # results of another checkpoint are never kept
     (run / 'evaluation.json').write_text(json.dumps({**second, 'epoch': 7}))
-    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '32']) == 0
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '32']) == 0
     third = json.loads((run / 'evaluation.json').read_text())
     assert 'fgsm' not in third and 'fgsm' not in third['figures'] and not (run / 'eval_fgsm.png').exists()

@@ -72,7 +72,7 @@ def check_family_contract(name: str, project: Path, data_dir: Path) -> Path:
             assert sum(sum(g['counts']) for g in hist['groups'].values()) == n_valid == 256, (name, dist_name)
 
     # evaluation: the family's own scores next to entropy and msp, ranked by its primary score
-    assert evaluate.main([resumed.name, '--fgsm-samples', '8', '--missing-samples', '64']) == 0
+    assert evaluate.main([resumed.name, '--fgsm-samples', '8', '--pgd-samples', '0', '--missing-samples', '64']) == 0
     result = json.loads((resumed / 'evaluation.json').read_text())
     npz = np.load(resumed / 'predictions.npz')
     own = sorted(k.split('/', 1)[1] for k in npz.files if k.startswith('id/')
@@ -117,7 +117,8 @@ def test_every_family_in_one_comparison(tmp_path, synthetic_data_dir, monkeypatc
     for name in registry.names():
         assert train(name, ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0, name
         (runs[name],) = _runs(tmp_path, name)
-        assert evaluate.main([runs[name].name, '--fgsm-samples', '0', '--missing-samples', '0']) == 0, name
+        assert evaluate.main([runs[name].name, '--fgsm-samples', '0', '--pgd-samples', '0',
+                              '--missing-samples', '0']) == 0, name
     assert compare.main([str(r) for r in runs.values()] + ['--out', str(tmp_path / 'cmp')]) == 0
     table = json.loads((tmp_path / 'cmp' / 'comparison.json').read_text())
     assert [row['experiment'] for row in table['rows']] == list(runs)

@@ -116,7 +116,7 @@ def test_bayes_trains_on_real_mnist(workdir, real_data_dir, monkeypatch):
     assert all(v > 0 for v in loss) and all(np.isfinite(kl))
     third = len(kl) // 3
     assert np.mean(kl[-third:]) < np.mean(kl[third:2 * third])
-    assert evaluate.main([run.name, '--fgsm-samples', '0', '--missing-samples', '0']) == 0
+    assert evaluate.main([run.name, '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '0']) == 0
     npz = np.load(run / 'predictions.npz')
     entropy = {s: -(npz[f'{s}/probs'] * np.log(np.clip(npz[f'{s}/probs'], 1e-12, 1))).sum(1).mean()
                for s in ('id', 'fashion_mnist')}

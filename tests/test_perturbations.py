@@ -56,11 +56,12 @@ def test_a_perturbation_is_its_module_and_one_registry_line(blur_registered, wor
                                         f'seed={seed}']) == 0
     runs = sorted((workdir / 'logs' / 'evidence_mnist').iterdir())
     for run in runs:
-        assert evaluate.main([str(run), '--blur-samples', '64', '--fgsm-samples', '0', '--missing-samples', '0']) == 0
+        assert evaluate.main([str(run), '--blur-samples', '64', '--fgsm-samples', '0', '--pgd-samples', '0',
+                              '--missing-samples', '0']) == 0
     capsys.readouterr()
     result = json.loads((runs[0] / 'evaluation.json').read_text())
-    # its block: 0 skipped the other two perturbations that take a sample count; the rotation has none and ran
-    assert 'fgsm' not in result and 'missing_pixels' not in result and 'rotation' in result
+    # its block: 0 skipped the other perturbations that take a sample count; the rotation has none and ran
+    assert 'fgsm' not in result and 'pgd' not in result and 'missing_pixels' not in result and 'rotation' in result
     block = result['blur']
     assert block['n_samples'] == 64 and block['sigmas'] == [0.0, 1.0, 2.0]
     # unblurred, it is the evaluation's own prediction of the first 64 test images (from predictions.npz)

@@ -104,7 +104,7 @@ def holdout_runs(workdir, synthetic_data_dir, monkeypatch):
     return sorted((workdir / 'logs' / 'evidence_mnist').iterdir())
 
 
-NO_PERTURBATIONS = {'fgsm': 0, 'missing_pixels': 0}
+NO_PERTURBATIONS = {'fgsm': 0, 'pgd': 0, 'missing_pixels': 0}
 
 
 def test_a_run_with_a_held_out_split_gets_a_temperature_block(holdout_runs, workdir, monkeypatch, capsys):

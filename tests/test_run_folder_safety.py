@@ -57,7 +57,7 @@ def test_evaluation_never_writes_through_a_symbolic_link(smoke_run, tmp_path, ca
     (run / 'eval_reliability.png').symlink_to(figure_target)
     (run / 'log.jsonl').unlink()
     (run / 'log.jsonl').symlink_to(log_target)
-    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '0']) == 0
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '0']) == 0
     assert figure_target.read_bytes() == b'mine' and log_target.read_text() == 'mine\n'
     assert not (run / 'eval_reliability.png').is_symlink()  # replaced by the new figure
     assert (run / 'eval_reliability.png').read_bytes()[:4] == b'\x89PNG'
@@ -68,9 +68,10 @@ def test_a_yaml_alias_bomb_is_one_line_and_exit_2(smoke_run, workdir, capsys):
     run = smoke_run
     (run / 'configs.yaml').write_text(BOMB)
     assert len(BOMB) < 700
-    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '0']) == 0  # its own files only
+    # its own files only
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '0']) == 0
     (run / 'indicators.yaml').write_text(BOMB)  # appended to by the evaluation: left unchanged, with a note
-    assert evaluate.main([str(run), '--fgsm-samples', '0', '--missing-samples', '0']) == 0
+    assert evaluate.main([str(run), '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '0']) == 0
     assert (run / 'indicators.yaml').read_text() == BOMB and 'indicators.yaml left unchanged' in capsys.readouterr().err
     assert compare.main([str(run), '--out', str(workdir / 'cmp')]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
 LABML_YAML = 'data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n'
 #: The 2 × 2 smoke sweep; its runs are compared with runs by hand and with the Ray engine's
 GRID = ['preset=smoke', 'kl_coef=0.01,0.03', 'seed=1,2']
-EVAL = ['--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64']
+EVAL = ['--split', 'test', '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '64']
 
 
 def _project(tmp_path_factory, name: str) -> Path:
@@ -287,8 +287,8 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
     try:
         assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
         (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
-        assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--missing-samples', '64',
-                              '--ood-file', str(project / 'noise.npy')]) == 0
+        assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--pgd-samples', '0',
+                              '--missing-samples', '64', '--ood-file', str(project / 'noise.npy')]) == 0
     finally:
         torch.set_num_threads(threads)
     mine = json.loads((by_hand / 'evaluation.json').read_text())
