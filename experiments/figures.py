@@ -246,21 +246,20 @@ def fgsm_plot(eps: ArrayLike, accuracy: ArrayLike, mean_entropy: ArrayLike, path
 
 def pgd_plot(curves: Mapping[str, Mapping], path: PathLike) -> Path:
     r"""Accuracy (left) and the AUROC of the primary score separating attacked from clean images (right) against
-    $\epsilon$, under FGSM (dotted), PGD-10 (dashed) and PGD-40 (solid), for one run or several.
-
-    `curves`: `{label: the pgd block of an evaluation.json}` (`eps`, `score`, `attacks`)."""
+    $\epsilon$, under FGSM (dotted), PGD-10 (dashed) and PGD-40 (solid), for one run or several (one colour each):
+    `curves` is `{label: the pgd block of an evaluation.json}` (`eps`, `score`, `attacks`)."""
+    from matplotlib.lines import Line2D
     if not curves:
         raise ValueError("`curves` is empty")
     fig = Figure(figsize=(11, 3.8))
     ax_acc, ax_auc = fig.subplots(1, 2)
     styles = {1: ':', 10: '--', 40: '-'}  # by the number of steps
     scores = list(dict.fromkeys(block['score'] for block in curves.values()))
+    attacks = {}
     for i, (label, block) in enumerate(curves.items()):
         for attack in block['attacks'].values():
-            style = styles.get(attack['steps'], '-.')
-            by = f", AUROC of {block['score']}" if len(scores) > 1 else ''
-            ax_acc.plot(block['eps'], attack['accuracy'], style, marker='o', ms=3, color=f'C{i}',
-                        label=f"{label}: {attack['name']}{by}")
+            style = attacks.setdefault(attack['name'], styles.get(attack['steps'], '-.'))
+            ax_acc.plot(block['eps'], attack['accuracy'], style, marker='o', ms=3, color=f'C{i}')
             ax_auc.plot(block['eps'], attack['auroc'][block['score']], style, marker='o', ms=3, color=f'C{i}')
     ax_auc.axhline(0.5, color='grey', lw=0.8)  # chance: the score does not tell them apart
     auroc = f"AUROC of {scores[0]}" if len(scores) == 1 else 'AUROC of the primary score'
@@ -268,8 +267,10 @@ def pgd_plot(curves: Mapping[str, Mapping], path: PathLike) -> Path:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(r'$\epsilon$ (pixel intensity, images in [0, 1])')
         ax.set_ylabel(name)
-    handles, labels = ax_acc.get_legend_handles_labels()
-    fig.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=min(3, len(labels)))
+    ax_acc.legend([Line2D([], [], color='black', linestyle=s) for s in attacks.values()], list(attacks), fontsize=8)
+    runs = [label + (f" (AUROC of {block['score']})" if len(scores) > 1 else '') for label, block in curves.items()]
+    fig.legend([Line2D([], [], color=f'C{i}') for i in range(len(runs))], runs, loc='upper center',
+               bbox_to_anchor=(0.5, 0.0), fontsize=8)
     n = next(iter(curves.values()))['n_samples']
     fig.suptitle(f"PGD (random start, 10 and 40 steps) and FGSM (first {n:,} test images)")
     return _save(fig, path)
