@@ -183,3 +183,13 @@ def test_the_block_columns_and_figures_of_a_smoke_run(smoke_run, workdir, capsys
     assert row['values']['pgd/0.1/accuracy'] == block['attacks'][COLUMN_ATTACK]['accuracy'][i]
     assert row['values']['pgd/0.1/auroc'] == block['attacks'][COLUMN_ATTACK]['auroc']['u'][i]
     assert (out / 'comparison_pgd.png').read_bytes()[:8] == PNG_MAGIC
+    # seeds average point by point (here the block and a copy of it with every accuracy and AUROC halved)
+    plugin = perturbations.get('pgd')
+    halved = {**block, 'attacks': {k: {**a, 'accuracy': [v / 2 for v in a['accuracy']],
+                                       'auroc': {'u': [v / 2 for v in a['auroc']['u']]}}
+                                   for k, a in block['attacks'].items()}}
+    mean = plugin.mean_over_seeds([block, halved])
+    for key, attack in block['attacks'].items():
+        assert mean['attacks'][key]['accuracy'] == pytest.approx([0.75 * v for v in attack['accuracy']])
+        assert mean['attacks'][key]['auroc']['u'] == pytest.approx([0.75 * v for v in attack['auroc']['u']])
+    assert plugin.mean_over_seeds([block, {**block, 'n_samples': n + 1}]) is None
