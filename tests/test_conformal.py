@@ -224,8 +224,8 @@ def holdout_run(workdir, synthetic_data_dir, monkeypatch):
 def test_a_held_out_run_gets_a_conformal_block_and_compare_columns(holdout_run, workdir):
     noise = workdir / 'noise.npy'  # an --ood-file set after the built-in Fashion-MNIST
     np.save(noise, np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8))
-    _, result = evaluate_run(str(holdout_run), ood_files=[str(noise)], samples={'fgsm': 0, 'missing_pixels': 0},
-                             log=lambda _: None)
+    _, result = evaluate_run(str(holdout_run), ood_files=[str(noise)],
+                             samples={'fgsm': 0, 'pgd': 0, 'missing_pixels': 0}, log=lambda _: None)
     saved = json.loads((holdout_run / 'evaluation.json').read_text())
     block = saved['conformal']
     assert block == json.loads(json.dumps(result['conformal']))

@@ -2,12 +2,15 @@
 PGD (`evidential.perturbations.pgd`) and its plug-in (`experiments/evaluation/perturbations/pgd.py`).
 
 The attack against independent references — Madry et al.'s loop written out in numpy with the gradient by hand, and
-torchattacks' `PGD` where it is installed — from the same random start; its constraints (the ε-ball, the pixel
-range); FGSM as its one step of ε from the clean image; and on a tiny fixed model, a loss at least FGSM's that grows
-with the steps. The plug-in: its block in a smoke run's `evaluation.json`, its `compare` columns and figures, and
-the note of the families it skips.
+torchattacks' `PGD` (installed into `.oracles/` by the README's test command; skipped, saying why, without it) —
+from the same random start; its constraints (the ε-ball, the pixel range); FGSM as its one step of ε from the clean
+image; and on a tiny fixed model, a loss at least FGSM's that grows with the steps. The plug-in: its block in a
+smoke run's `evaluation.json`, its `compare` columns and figures, seed averaging, and the note of the families it
+skips.
 """
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from experiments import compare, evaluate
 from experiments.evaluation import perturbations
 from experiments.evaluation.perturbations.fgsm import EPS
 from experiments.evaluation.perturbations.pgd import ATTACKS, COLUMN_ATTACK
+
+from tests.conftest import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 K, D, HIDDEN = 5, 16, 32
@@ -82,8 +87,28 @@ def test_pgd_is_madrys_loop_from_the_same_random_start(mlp, eps, steps):
     assert torch.equal(drawn, pgd(_probs(net), x, y, eps, steps, start=delta0))
 
 
+# Installed apart, by the README's test command (`--no-deps --target .oracles`, requirements-dev.txt says why)
+TORCHATTACKS_DIR = ROOT / '.oracles' / 'torchattacks'
+
+
+def _load_torchattacks():
+    """torchattacks 3.5.1 from `.oracles/`, loaded by path (it is not on `sys.path`), or `None`."""
+    if not (TORCHATTACKS_DIR / '__init__.py').is_file():
+        return None
+    if 'torchattacks' not in sys.modules:
+        spec = importlib.util.spec_from_file_location('torchattacks', TORCHATTACKS_DIR / '__init__.py',
+                                                      submodule_search_locations=[str(TORCHATTACKS_DIR)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['torchattacks'] = module
+        spec.loader.exec_module(module)
+    return sys.modules['torchattacks']
+
+
 def test_pgd_is_torchattacks_pgd_from_the_same_random_start(mlp):
-    torchattacks = pytest.importorskip('torchattacks')
+    torchattacks = _load_torchattacks()
+    if torchattacks is None:
+        pytest.skip(f'torchattacks is not in {TORCHATTACKS_DIR.parent} (the oracle test needs '
+                    f'`pip install --no-deps --upgrade --target .oracles torchattacks==3.5.1`)')
     net, x, y = mlp
     eps, steps, alpha = 0.2, 10, 0.05
     torch.manual_seed(3)
