@@ -29,6 +29,7 @@ FAMILIES: Dict[str, str] = {
     'bayes_mnist': 'configs.bayes',
     'circuit_mnist': 'configs.circuit',
     'ddu_mnist': 'configs.ddu',
+    'sngp_mnist': 'configs.sngp',
 }
 
 #: Keys that do not change what is trained (where files are, where it runs, how it is reported): a resume may

@@ -16,11 +16,11 @@ split = 'test'
 runs = [(family, {'seed': [1, 2, 3]}) for family in names()]
 columns = [
     'accuracy', 'nll', 'ece', 'aurc', 'misclassification_auroc',
-    # Fashion-MNIST as OOD: by entropy (every family), by the evidential u, by the circuit's -log p(x) and by DDU's
-    # feature density -log q(z)
+    # Fashion-MNIST as OOD: by entropy (every family), by the evidential u, by the circuit's -log p(x), by DDU's
+    # feature density -log q(z) and by SNGP's GP variance
     'ood/fashion_mnist/entropy/auroc', 'ood/fashion_mnist/entropy/fpr95',
     'ood/fashion_mnist/u/auroc', 'ood/fashion_mnist/neg_log_density/auroc',
-    'ood/fashion_mnist/neg_log_feature_density/auroc',
+    'ood/fashion_mnist/neg_log_feature_density/auroc', 'ood/fashion_mnist/gp_variance/auroc',
     'missing/0.2/accuracy', 'missing/0.5/accuracy',
     'train_s',
 ]
