@@ -63,6 +63,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="folder holding MNIST/raw, FashionMNIST/raw (default: the run's data_dir)")
     parser.add_argument('--device', default=None, help="auto, cpu, cuda or cuda:N (default: the run's device)")
     perturbations.add_sample_options(parser)
+    perturbations.add_own_options(parser)
     parser.add_argument('--allow-running', action='store_true',
                         help="evaluate a run that is still training (its latest checkpoint; nothing is appended to "
                              "labml's log); without it such a run is refused")
@@ -75,6 +76,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         args.samples = perturbations.samples_of(args)
     except ValueError as e:
         parser.error(str(e))
+    args.options = perturbations.options_of(args)
     return args
 
 
@@ -89,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         run_dir, results = evaluate(args.run, ood_files=args.ood_file, data_dir=args.data_dir, device=args.device,
                                        samples=args.samples, split=args.split, started=started,
-                                       allow_running=args.allow_running)
+                                       allow_running=args.allow_running, options=args.options)
     except DataError as e:
         hint = ('; pass --data-dir DIR, the folder that holds MNIST/raw and FashionMNIST/raw'
                 if isinstance(e, DataFilesMissing) else '')

@@ -14,12 +14,14 @@ from experiments.evaluation.inputs import default_ood, load_ood_files
 
 def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = None, device: Optional[str] = None,
              samples: Optional[Dict[str, Optional[int]]] = None, split: str = 'test', started: Optional[float] = None,
-             allow_running: bool = False, log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
+             allow_running: bool = False, options: Optional[Dict[str, Dict[str, Any]]] = None,
+             log: Callable[[str], None] = print) -> Tuple[Path, Dict[str, Any]]:
     """
     Evaluates `run` (a uuid or run folder) and writes the results into its folder; returns the folder and the
     data of `evaluation.json` (or `evaluation_validation.json` with `split='validation'`). Progress and notes go to `log`.
     `samples`: `{perturbation name: test images}` (`experiments.evaluation.perturbations`; missing or `None`:
     the perturbation's default, 0: not run, and an earlier evaluation's block of the same checkpoint is kept).
+    `options`: `{perturbation name: {keyword: value}}`, the perturbations' own options (`--shift-file`, ...).
 
     A run whose training process is alive is refused (its checkpoint will change, and the training process
     rewrites labml's log): `allow_running` evaluates its latest checkpoint anyway, and leaves labml's log alone.
@@ -39,6 +41,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             raise EvaluateError(f'--{option.flag} must be >= 0')
     # ---- everything that can fail on bad input, before anything is written
     ood_images = load_ood_files(list(ood_files))  # first: fails fast, before torch is imported
+    prepared = perturbations.prepare_all(options or {})  # the perturbations' own options (`--shift-file`, ...)
     import torch
     from configs.compat import silence_monitor
     from configs.checkpoint import training_pid
@@ -101,7 +104,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         earlier = _earlier_blocks(run_dir / results_file, state['epoch']) if not selecting else {}
         blocks, perturbation_notes, kept = ({}, [], []) if selecting else perturbations.run_all(perturbations.Context(
             conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples,
-            family.primary_score), earlier)
+            family.primary_score, id_arrays=id_arrays, prepared=prepared), earlier)
         for note in perturbation_notes:
             log(f"note: {note}")
         # post-hoc steps (test split only): fitted on the held-out split's predictions, seeded as the test's

@@ -147,4 +147,8 @@ def format_table(results: Dict[str, Any]) -> str:
             lines.append(f"  {attack['name'] + ' accuracy':<15} " + ' '.join(f'{a:5.3f}' for a in attack['accuracy']))
             lines.append(f"  {attack['name'] + ' AUROC':<15} "
                          + ' '.join(f'{a:5.3f}' for a in attack['auroc'][g['score']]))
+    from experiments.evaluation import perturbations
+    for p in perturbations.all_perturbations():  # the perturbations that print lines of their own
+        if isinstance(results.get(p.name), dict):
+            lines += p.table(results[p.name])
     return '\n'.join(lines)

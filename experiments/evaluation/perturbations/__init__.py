@@ -21,7 +21,7 @@ from configs.registry import load_entry
 from experiments.evaluation.perturbations.base import Context, Perturbation, SampleOption
 
 __all__ = ['PERTURBATIONS', 'Context', 'Perturbation', 'SampleOption', 'get', 'all_perturbations', 'run_all',
-           'add_sample_options', 'samples_of', 'sample_arguments']
+           'add_sample_options', 'samples_of', 'sample_arguments', 'add_own_options', 'options_of', 'prepare_all']
 
 #: Name (the key of its block in `evaluation.json`) → the module that declares its `PERTURBATION`
 PERTURBATIONS: Dict[str, str] = {
@@ -29,6 +29,8 @@ PERTURBATIONS: Dict[str, str] = {
     'pgd': 'experiments.evaluation.perturbations.pgd',
     'rotation': 'experiments.evaluation.perturbations.rotation',
     'missing_pixels': 'experiments.evaluation.perturbations.missing_pixels',
+    'mnist_c': 'experiments.evaluation.perturbations.mnist_c',
+    'shift': 'experiments.evaluation.perturbations.shift_files',
 }
 
 
@@ -63,6 +65,7 @@ def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None) -> Tuple[Dic
         block = perturbation.run(ctx)
         if block is not None:
             blocks[perturbation.name] = block
+            notes.extend(block.get('_notes', []))
     return blocks, notes, kept
 
 
@@ -105,3 +108,26 @@ def sample_arguments(samples: Dict[str, Optional[int]]) -> List[str]:
         if p.samples is not None and n is not None:
             args += [f'--{p.samples.flag}', str(n)]
     return args
+
+
+# ## Each perturbation's own options (`--shift-file`, ...), for `experiments.evaluate`
+
+def add_own_options(parser: argparse.ArgumentParser) -> None:
+    """Adds every perturbation's own options (`Perturbation.add_arguments`)."""
+    for p in all_perturbations():
+        p.add_arguments(parser)
+
+
+def options_of(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """`{perturbation name: {keyword: value}}` of the perturbations given options of their own in `args`."""
+    return {p.name: given for p in all_perturbations() if (given := p.arguments(args))}
+
+
+def prepare_all(options: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """`{perturbation name: what its prepare returned}`: each checks and loads its options; raises
+    `EvaluateError` (also for a name no perturbation has), before anything is written."""
+    from experiments.evaluation import EvaluateError
+    unknown = sorted(set(options) - set(PERTURBATIONS))
+    if unknown:
+        raise EvaluateError(f"no perturbation called {', '.join(unknown)}; known: {', '.join(PERTURBATIONS)}")
+    return {name: get(name).prepare(given) for name, given in options.items()}

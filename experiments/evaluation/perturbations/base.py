@@ -1,4 +1,5 @@
 """What a perturbation of the test inputs is: everything the app needs to know about one, in one class."""
+import argparse
 import json
 import statistics
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ class SampleOption:
 class Context:
     """What a perturbation gets: the rebuilt run (`conf`, with its model in eval mode), its test split, the
     predicted classes of that split, the family's capabilities, the sample counts asked for and the family's
-    primary score."""
+    primary score; where the evaluation has them, the test split's prediction arrays (`probs` and the family's own
+    scores, as saved in `predictions.npz`) and what each perturbation's `prepare` returned."""
     conf: Any
     test: Any
     preds: Any
@@ -32,6 +34,14 @@ class Context:
     samples: Optional[Dict[str, int]] = None
     # The score that ranks the family's predictions (`Family.primary_score`: `u`, else `entropy`)
     primary_score: str = 'entropy'
+    # `{'probs': [N, K], score: [N], ...}` float32 arrays of the test split
+    id_arrays: Optional[Dict[str, Any]] = None
+    # `{perturbation name: its prepare(options)}`, for those given options of their own
+    prepared: Optional[Dict[str, Any]] = None
+
+    def prepared_for(self, perturbation: 'Perturbation') -> Any:
+        """What `perturbation.prepare` returned for this evaluation's options (`None`: none were given)."""
+        return (self.prepared or {}).get(perturbation.name)
 
     def n_samples(self, perturbation: 'Perturbation') -> int:
         """How many test images `perturbation` gets: its sample option (or its default), at most the split."""
@@ -46,7 +56,8 @@ class Perturbation:
     defaults (no figure, no `compare` columns, no seed averaging).
 
     The block `run` returns goes into `evaluation.json` under `name`; its keys starting with `_` are for the
-    figure only and are dropped before the JSON is written.
+    figure only and are dropped before the JSON is written (`_notes`, a list of lines, joins the evaluation's
+    notes).
     """
     #: The key of its block in `evaluation.json`
     name: str = ''
@@ -56,6 +67,20 @@ class Perturbation:
     figure: Optional[tuple] = None
     #: The file name of its figure over several runs in `compare`'s output folder, or `None`
     comparison_figure: Optional[str] = None
+
+    # -- its own options of `experiments.evaluate` (beyond `--X-samples`), checked before anything is written
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Adds its own options to `experiments.evaluate`'s parser (none by default)."""
+
+    def arguments(self, args: argparse.Namespace) -> Dict[str, Any]:
+        """Its options' values in parsed `args` as `{keyword: value}` (`{}`: none given)."""
+        return {}
+
+    def prepare(self, options: Dict[str, Any]) -> Any:
+        """Checks and loads `options` (from `arguments`, or an API caller) before anything is read or written:
+        raises `EvaluateError` with one line naming the option. What it returns reaches `run` as
+        `ctx.prepared_for(self)`."""
+        return None
 
     # -- evaluation
     def skip_reason(self, capabilities: Capabilities) -> Optional[str]:
@@ -68,6 +93,10 @@ class Perturbation:
 
     def draw(self, block: Dict[str, Any], path: Path, *, dataset: str, num_classes: int) -> None:
         """Draws its figure of `block` to `path` (called only where `figure` is set)."""
+
+    def table(self, block: Dict[str, Any]) -> List[str]:
+        """Lines of the table `experiments.evaluate` prints (none by default)."""
+        return []
 
     # -- compare
     def column_names(self) -> List[str]:
