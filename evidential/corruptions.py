@@ -86,9 +86,11 @@ CORRUPTIONS: Dict[str, Corruption] = {c.name: c for c in (
     # Shift in pixels along each axis, directions drawn per image. MNIST-C: 3 (list [1..5], severity 3).
     Corruption('translate', ops.translate, (1, 2, 3, 4, 5), 'MNIST-C 3 = list [1,2,3,4,5][2]: the list'),
     Corruption('stripe', ops.stripe, (None,), 'MNIST-C, no strength'),
-    # (strength, wibble decay) of the plasma fractal. MNIST-C: (3, 1.4) (its severity 5).
-    Corruption('fog', ops.fog, ((2.0, 2.0), (2.5, 1.7), (3.0, 1.4), (3.5, 1.3), (4.0, 1.2)),
-               'MNIST-C (3,1.4) = list[4]; (2,2), (2.5,1.7) = list[1:3]; (3.5,1.3), (4,1.2) added'),
+    # (strength c, wibble decay) of the plasma fractal. MNIST-C: (3, 1.4) (its severity 5). The decay is kept at
+    # 1.4 and only c varies: with the same seed the five severities then share one fog map, and every pixel's
+    # change, c |p max(x) - x| / (max(x) + c), grows with c (a varying decay changes the map's texture instead).
+    Corruption('fog', ops.fog, ((2.0, 1.4), (2.5, 1.4), (3.0, 1.4), (3.5, 1.4), (4.0, 1.4)),
+               'MNIST-C (3,1.4) = list[4]; strength 2-4 around it, the same decay'),
     # MNIST-C's severity 4 of its spatter list (mud).
     Corruption('spatter', ops.spatter, ((0.65, 0.3, 1, 0.65, 1.5, 1),), 'MNIST-C (list[3]), no strength'),
     Corruption('dotted_line', ops.dotted_line, (None,), 'MNIST-C, no strength'),

@@ -1,7 +1,7 @@
 r"""
 # Evaluating a trained run
 
-    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N] [--missing-samples N] ...
+    python -m experiments.evaluate RUN [--ood-file PATH ...] [--data-dir DIR] [--device cpu] [--fgsm-samples N] [--missing-samples N] [--mnist-c-samples N] [--shift-file PATH ...] ...
     python -m experiments.evaluate RUN --split validation [--ood-file PATH ...]
 
 `RUN` is a run uuid (looked up under the experiments path of the nearest `.labml.yaml`) or a run
@@ -13,8 +13,10 @@ folder. The run's saved configuration is rebuilt and its last checkpoint loaded
 2. metrics (`evidential.metrics`): accuracy, NLL, Brier, ECE, AURC, misclassification AUROC, and
    per OOD set and score AUROC / AUPR / FPR95 with OOD as the positive class;
 3. perturbations of the test inputs (`experiments.evaluation.perturbations`): the EDL paper's FGSM attacks
-   and rotated "1" (0–180°), and missing pixels (cirkit's tutorial: 0–90 % of the pixels, and structured
-   patterns); each has a `--X-samples N` option where it perturbs a number of test images (0 skips it);
+   and rotated "1" (0–180°), missing pixels (cirkit's tutorial: 0–90 % of the pixels, and structured
+   patterns), the MNIST-C corruptions at five severities (`--mce-reference RUN`: their mean corruption error
+   relative to a softmax run) and each `--shift-file` set; each has a `--X-samples N` option where it perturbs
+   a number of test images (0 skips it);
 4. written into the run folder: `evaluation.json`, `predictions.npz` (every number in the JSON can be
    recomputed from it) and PNG figures; the scalar results are appended to the run's labml log
    (`log.jsonl`, as `eval.*` indicators) and a table is printed.

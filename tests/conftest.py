@@ -63,3 +63,15 @@ def smoke_run(workdir, synthetic_data_dir, monkeypatch) -> Path:
     assert train('evidence_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
     (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
     return run
+
+
+@pytest.fixture(autouse=True, scope='session')
+def mnist_c_only_where_asked():
+    """MNIST-C predicts each image it uses 55 times, and the suite evaluates dozens of runs in this process: here
+    `--mnist-c-samples` defaults to 0 (not run), and the tests of MNIST-C ask for it (tests/test_mnist_c.py)."""
+    from dataclasses import replace
+    from experiments.evaluation.perturbations import mnist_c
+    default = mnist_c.PERTURBATION.samples
+    mnist_c.PERTURBATION.samples = replace(default, default=0)
+    yield
+    mnist_c.PERTURBATION.samples = default

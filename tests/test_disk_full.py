@@ -178,7 +178,7 @@ def test_evaluate_write_failure_leaves_no_results_file(workdir, synthetic_data_d
     # fsyncs: predictions.npz, log.jsonl, indicators.yaml (failures of these two are warnings), evaluation.json
     env = {'PYTHONPATH': str(ROOT), **_fault_env(run, after, 'ENOSPC')}
     r = subprocess.run(_python_with_hook('experiments.evaluate', run.name, '--device', 'cpu', '--fgsm-samples', '64',
-                                        '--pgd-samples', '0'),
+                                         '--pgd-samples', '0', '--mnist-c-samples', '0'),
                        cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True, timeout=240)
     assert r.returncode == 4, (r.stdout[-1000:], r.stderr[-3000:])
     assert 'Traceback' not in r.stderr

@@ -55,14 +55,15 @@ def test_smoke_run_end_to_end(workdir, synthetic_data_dir, monkeypatch):
     np.save(workdir / 'noise.npy', noise)
 
     r = run_cli(MODULE, run.name, '--ood-file', str(workdir / 'noise.npy'), '--data-dir', str(synthetic_data_dir),
-                '--device', 'cpu', cwd=workdir, timeout=240)
+                '--device', 'cpu', '--mnist-c-samples', '0', cwd=workdir, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert 'fashion_mnist' in r.stdout and 'noise' in r.stdout and 'auroc' in r.stdout
 
     # every file appears, readable like any file the user creates (not mkstemp's owner-only mode)
     result = json.loads((run / 'evaluation.json').read_text())
-    # (but the post-hoc steps' figures: this run has no held-out split to fit them on, tests/test_posthoc.py)
-    assert set(result['figures']) == set(plots.figure_files()) - {'reliability_scaled'}
+    # (but the post-hoc steps' figures: this run has no held-out split to fit them on, tests/test_posthoc.py; and
+    # MNIST-C's and the --shift-file sets', not asked for here: tests/test_mnist_c.py)
+    assert set(result['figures']) == set(plots.figure_files()) - {'reliability_scaled', 'mnist_c', 'shift'}
     (workdir / 'plain').write_text('x')
     plain_mode = (workdir / 'plain').stat().st_mode & 0o777
     for name in [*result['figures'].values(), 'evaluation.json', 'predictions.npz', 'checkpoint.pt']:
@@ -296,7 +297,7 @@ def test_exp_plateau_is_noted(workdir, synthetic_data_dir, monkeypatch):
     assert 0 < shares[0] < 1 and shares[1] > 0
 
     r = run_cli(MODULE, runs[0].name, '--data-dir', str(synthetic_data_dir), '--device', 'cpu', '--fgsm-samples', '16',
-                '--pgd-samples', '0', cwd=workdir, timeout=240)
+                '--pgd-samples', '0', '--mnist-c-samples', '0', cwd=workdir, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     line = next(x for x in r.stdout.splitlines() if 'clamp of the exp head' in x)
     assert line.startswith(f'note: {shares[0]:.1%} of the test images have a top logit at or above 10')

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.filterwarnings('ignore:Overriding option for model')
 LABML_YAML = 'data_path: data\nexperiments_path: logs\ncheck_repo_dirty: false\n'
 #: The 2 × 2 smoke sweep; its runs are compared with runs by hand and with the Ray engine's
 GRID = ['preset=smoke', 'kl_coef=0.01,0.03', 'seed=1,2']
-EVAL = ['--split', 'test', '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '64']
+EVAL = ['--split', 'test', '--fgsm-samples', '0', '--pgd-samples', '0', '--missing-samples', '64',
+        '--mnist-c-samples', '0']
 
 
 def _project(tmp_path_factory, name: str) -> Path:

@@ -19,6 +19,8 @@ import hashlib
 import io
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -72,8 +74,8 @@ def read_chunk(path: Path, key: str, conditions: List[Condition], n: int) -> Opt
             if str(stored['key']) != key:
                 return None
             images = {c: stored[_array_name(c)] for c in conditions}
-    except (OSError, KeyError, ValueError, EOFError):  # missing, truncated, not an npz, a condition missing
-        return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # missing, truncated, not an npz archive, a condition missing
     if any(a.dtype != np.uint8 or a.shape != (n, corruptions.SIDE, corruptions.SIDE) for a in images.values()):
         return None
     return images

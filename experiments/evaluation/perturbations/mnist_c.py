@@ -123,7 +123,11 @@ def corruption_errors(block: Dict[str, Any], reference: Dict[str, Any]) -> Dict[
             f"--mnist-c-samples")
     ce = {}
     for corruption, per_severity in block['corruptions'].items():
-        reference_error = sum(1 - ref['corruptions'][corruption][s]['accuracy'] for s in per_severity)
+        try:
+            reference_error = sum(1 - float(ref['corruptions'][corruption][s]['accuracy']) for s in per_severity)
+        except (KeyError, TypeError, ValueError):
+            raise EvaluateError(f"--mce-reference {reference['run']}: its MNIST-C block is not one of this app; "
+                                f"evaluate it again") from None
         error = sum(1 - v['accuracy'] for v in per_severity.values())
         ce[corruption] = error / reference_error if reference_error > 0 else None
     defined = [v for v in ce.values() if v is not None]
