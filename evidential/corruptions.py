@@ -46,8 +46,6 @@ class Corruption:
     name: str
     apply: Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
     levels: Tuple[Any, ...]
-    # Where the levels come from, for the reader (and `docs/evaluation.md`)
-    source: str
 
     @property
     def severities(self) -> Tuple[int, ...]:
@@ -63,39 +61,35 @@ class Corruption:
 CORRUPTIONS: Dict[str, Corruption] = {c.name: c for c in (
     # Poisson counts of rate x * c, divided by c: fewer counts, more noise. MNIST-C: c = 3 (its list
     # [60, 25, 12, 5, 3], severity 5); 12 and 5 below it, 2 and 1 beyond it.
-    Corruption('shot_noise', ops.shot_noise, (12, 5, 3, 2, 1), 'MNIST-C 3 = ImageNet-C list [60,25,12,5,3][4]'),
+    Corruption('shot_noise', ops.shot_noise, (12, 5, 3, 2, 1)),
     # A share c of the pixels set to 0 or 1 (half each). MNIST-C: 0.17 (list [.03,.06,.09,.17,.27], severity 4).
-    Corruption('impulse_noise', ops.impulse_noise, (0.06, 0.09, 0.17, 0.27, 0.40),
-               'MNIST-C 0.17 = list [.03,.06,.09,.17,.27][3]; 0.40 added'),
+    Corruption('impulse_noise', ops.impulse_noise, (0.06, 0.09, 0.17, 0.27, 0.40)),
     # (sigma, max shift, iterations) of blur - local shuffle - blur. MNIST-C: (0.7, 1, 2) (its severity 1);
     # its severities 2 and 3 above it, two gentler settings (less blur, fewer passes) below it.
-    Corruption('glass_blur', ops.glass_blur, ((0.4, 1, 1), (0.55, 1, 2), (0.7, 1, 2), (0.9, 2, 1), (1.0, 2, 3)),
-               'MNIST-C (0.7,1,2) = list[0]; (0.9,2,1), (1,2,3) = list[1:3]; (0.4,1,1), (0.55,1,2) added'),
-    # (radius, sigma) of ImageMagick's motion blur. MNIST-C: (10, 3) (its severity 1); list[1:3] above it.
-    Corruption('motion_blur', ops.motion_blur, ((10, 1), (10, 2), (10, 3), (15, 5), (15, 8)),
-               'MNIST-C (10,3) = list[0]; (15,5), (15,8) = list[1:3]; (10,1), (10,2) added'),
+    Corruption('glass_blur', ops.glass_blur, ((0.4, 1, 1), (0.55, 1, 2), (0.7, 1, 2), (0.9, 2, 1), (1.0, 2, 3))),
+    # (radius, sigma) of ImageMagick's motion blur. MNIST-C: (10, 3) (its severity 1); its severities 2 and 3
+    # above it, two narrower kernels below it.
+    Corruption('motion_blur', ops.motion_blur, ((10, 1), (10, 2), (10, 3), (15, 5), (15, 8))),
     # Shear angle (radians), direction drawn per image. MNIST-C: 0.4 (list [.2,.4,.6,.8,1], severity 2).
-    Corruption('shear', ops.shear, (0.1, 0.2, 0.4, 0.6, 0.8), 'MNIST-C 0.4 = list [.2,.4,.6,.8,1][1]; 0.1 added'),
+    Corruption('shear', ops.shear, (0.1, 0.2, 0.4, 0.6, 0.8)),
     # Inverse zoom factor about the centre. MNIST-C: 1/0.7 (list [1/.9, 1/.8, 1/.7, 1/.6, 1/.5], severity 3).
-    Corruption('scale', ops.scale, (1 / .9, 1 / .8, 1 / .7, 1 / .6, 1 / .5), 'MNIST-C 1/0.7 = list[2]: the list'),
+    Corruption('scale', ops.scale, (1 / .9, 1 / .8, 1 / .7, 1 / .6, 1 / .5)),
     # Rotation angle (radians), direction drawn per image. MNIST-C: 0.4 (list [.2,.4,.6,.8,1], severity 2).
-    Corruption('rotate', ops.rotate, (0.1, 0.2, 0.4, 0.6, 0.8), 'MNIST-C 0.4 = list [.2,.4,.6,.8,1][1]; 0.1 added'),
+    Corruption('rotate', ops.rotate, (0.1, 0.2, 0.4, 0.6, 0.8)),
     # Added to HSV value. MNIST-C: 0.5 (list [.1,.2,.3,.4,.5], severity 5); 0.6 and 0.7 added.
-    Corruption('brightness', ops.brightness, (0.3, 0.4, 0.5, 0.6, 0.7),
-               'MNIST-C 0.5 = list [.1,.2,.3,.4,.5][4]; 0.6, 0.7 added'),
+    Corruption('brightness', ops.brightness, (0.3, 0.4, 0.5, 0.6, 0.7)),
     # Shift in pixels along each axis, directions drawn per image. MNIST-C: 3 (list [1..5], severity 3).
-    Corruption('translate', ops.translate, (1, 2, 3, 4, 5), 'MNIST-C 3 = list [1,2,3,4,5][2]: the list'),
-    Corruption('stripe', ops.stripe, (None,), 'MNIST-C, no strength'),
+    Corruption('translate', ops.translate, (1, 2, 3, 4, 5)),
+    Corruption('stripe', ops.stripe, (None,)),
     # (strength c, wibble decay) of the plasma fractal. MNIST-C: (3, 1.4) (its severity 5). The decay is kept at
     # 1.4 and only c varies: with the same seed the five severities then share one fog map, and every pixel's
     # change, c |p max(x) - x| / (max(x) + c), grows with c (a varying decay changes the map's texture instead).
-    Corruption('fog', ops.fog, ((2.0, 1.4), (2.5, 1.4), (3.0, 1.4), (3.5, 1.4), (4.0, 1.4)),
-               'MNIST-C (3,1.4) = list[4]; strength 2-4 around it, the same decay'),
+    Corruption('fog', ops.fog, ((2.0, 1.4), (2.5, 1.4), (3.0, 1.4), (3.5, 1.4), (4.0, 1.4))),
     # MNIST-C's severity 4 of its spatter list (mud).
-    Corruption('spatter', ops.spatter, ((0.65, 0.3, 1, 0.65, 1.5, 1),), 'MNIST-C (list[3]), no strength'),
-    Corruption('dotted_line', ops.dotted_line, (None,), 'MNIST-C, no strength'),
-    Corruption('zigzag', ops.zigzag, (None,), 'MNIST-C, no strength'),
-    Corruption('canny_edges', ops.canny_edges, (None,), 'MNIST-C, no strength'),
+    Corruption('spatter', ops.spatter, ((0.65, 0.3, 1, 0.65, 1.5, 1),)),
+    Corruption('dotted_line', ops.dotted_line, (None,)),
+    Corruption('zigzag', ops.zigzag, (None,)),
+    Corruption('canny_edges', ops.canny_edges, (None,)),
 )}
 
 

@@ -4,8 +4,9 @@
 * `inputs`: the OOD sets — `--ood-file` checks and the run's default OOD dataset;
 * `predictions`: predictions of a split or of images, their scores, and the arrays of `predictions.npz`;
 * `results`: the metric blocks of `evaluation.json`, computed from exactly those arrays;
-* `perturbations`: the registry of perturbations of the test inputs (FGSM, a rotated digit, missing pixels), each a
-  module that owns its options, its block of the results, its figure and its `compare` columns;
+* `perturbations`: the registry of perturbations of the test inputs (FGSM, a rotated digit, missing pixels, MNIST-C,
+  `--shift-file` sets), each a module that owns its options, its block of the results, its figure and its `compare`
+  columns; `mnist_c_cache`: MNIST-C's images, generated once and cached beside the data;
 * `posthoc`: the registry of post-hoc steps fitted on the run's held-out split (temperature scaling), each a module
   that owns its block of the results, its figure and its `compare` columns;
 * `plots`: the PNG figures;

@@ -109,18 +109,33 @@ def load_reference(run: str) -> Dict[str, Any]:
             'block': block}
 
 
-def corruption_errors(block: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
-    """`{reference, ce: {corruption: CE_c}, mce}` of `block` against the reference's block; raises
-    `EvaluateError` where the two did not corrupt the same images the same way."""
+def layout(n: int) -> Dict[str, Any]:
+    """What must be equal for two runs' MNIST-C results to be of the same images: the images, the seed, the
+    generator, and the severities of every corruption."""
+    from evidential import corruptions
+    return {'n_samples': n, 'seed': SEED, 'generator_version': corruptions.GENERATOR_VERSION,
+            'corruptions': {c: [str(s) for s in spec.severities] for c, spec in corruptions.CORRUPTIONS.items()}}
+
+
+def check_reference(reference: Dict[str, Any], expected: Dict[str, Any]) -> None:
+    """Raises `EvaluateError` where the reference's MNIST-C results are not of the images `expected` describes
+    (`layout`)."""
     ref = reference['block']
-    same = ('n_samples', 'seed', 'generator_version')
-    if any(ref.get(k) != block[k] for k in same) or \
-            {c: sorted(v) for c, v in ref['corruptions'].items()} != \
-            {c: sorted(v) for c, v in block['corruptions'].items()}:
-        raise EvaluateError(
-            f"--mce-reference {reference['run']}: its MNIST-C results are of other images ("
-            + ', '.join(f"{k} {ref.get(k)} vs {block[k]}" for k in same) + "); evaluate both with the same "
-            f"--mnist-c-samples")
+    found = {k: ref.get(k) for k in ('n_samples', 'seed', 'generator_version')}
+    found['corruptions'] = {c: sorted(v) for c, v in ref['corruptions'].items() if isinstance(v, dict)}
+    if found != {**expected, 'corruptions': {c: sorted(v) for c, v in expected['corruptions'].items()}}:
+        differ = [f"{k} {found[k]} here {expected[k]}" for k in ('n_samples', 'seed', 'generator_version')
+                  if found[k] != expected[k]] or ['its corruptions and severities']
+        raise EvaluateError(f"--mce-reference {reference['run']}: its MNIST-C results are of other images ("
+                            f"{', '.join(differ)}); evaluate both with the same --mnist-c-samples")
+
+
+def corruption_errors(block: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
+    """`{reference, ce: {corruption: CE_c}, mce, undefined}` of `block` against the reference's block (of the
+    same images: `check_reference`)."""
+    check_reference(reference, {k: block[k] for k in ('n_samples', 'seed', 'generator_version')} |
+                    {'corruptions': {c: list(v) for c, v in block['corruptions'].items()}})
+    ref = reference['block']
     ce = {}
     for corruption, per_severity in block['corruptions'].items():
         try:
@@ -166,6 +181,9 @@ class MnistC(Perturbation):
         n = ctx.n_samples(self)
         if n <= 0:
             return None
+        reference = ctx.prepared_for(self)
+        if reference is not None:  # before the predictions: a reference of other images fails at once
+            check_reference(reference, layout(n))
         conf.model.eval()
         source = uint8_test_images(conf, test, min(len(test), -(-n // CHUNK) * CHUNK))
         images, cache = corrupted_test_images(source, n, data_root(conf), conf.dataset.name, SEED)
@@ -183,6 +201,8 @@ class MnistC(Perturbation):
         block = {
             'n_samples': n, 'seed': SEED, 'generator_version': corruptions.GENERATOR_VERSION,
             'severities': list(corruptions.SEVERITIES), 'mnist_c_severity': corruptions.MNIST_C_SEVERITY,
+            'parameters': {name: {str(s): c.parameter(s) for s in c.severities}
+                           for name, c in corruptions.CORRUPTIONS.items()},
             'aurc_score': primary, 'clean': clean, 'corruptions': per_corruption,
             'summary': mean_of(at_mnist_c),
             'by_severity': {str(s): mean_of([per_corruption[c][str(s)] for c in graded])
@@ -191,7 +211,6 @@ class MnistC(Perturbation):
             'cache': {k: v for k, v in cache.items() if k != 'notes'},
             '_notes': cache['notes'],
         }
-        reference = ctx.prepared_for(self)
         if reference is not None:
             block['mce'] = corruption_errors(block, reference)
         return block
