@@ -214,3 +214,7 @@ def test_mnist_c_and_shift_files_in_an_evaluation(smoke_run, synthetic_data_dir,
                                            'mnist_c/u/auroc': block['summary']['auroc']['u'],
                                            'mnist_c/mce': block['mce']['mce']})
     assert (out / 'comparison_mnist_c.png').is_file()
+    # the headline shows the AUROC of the run's primary score and entropy's, as for the OOD sets
+    headline = compare.headline_columns([compare.load_row(str(smoke_run), smoke_run.parent.parent)])
+    assert {'mnist_c/accuracy', 'mnist_c/mce', 'mnist_c/u/auroc', 'mnist_c/entropy/auroc'} <= set(headline)
+    assert 'mnist_c/msp/auroc' not in headline

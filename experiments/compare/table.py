@@ -50,16 +50,18 @@ def is_column_name(key: str) -> bool:
 
 def headline_columns(rows: List[Row]) -> List[str]:
     """
-    The columns of the default table: the in-distribution metrics, the perturbations' columns, and per OOD set
-    the AUROC of each compared family's primary score (`u` for the evidential family) and of the entropy (every
-    family's), then any extra column (a sweep's `train_s`). The rest: `--columns all`.
+    The columns of the default table: the in-distribution metrics, the perturbations' columns (of those per score,
+    `PERTURBATION/SCORE/auroc`, the same scores as OOD's), and per OOD set the AUROC of each compared family's
+    primary score (`u` for the evidential family) and of the entropy (every family's), then any extra column (a
+    sweep's `train_s`). The rest: `--columns all`.
     """
     every = columns_of(rows)
     scores = list(dict.fromkeys([r.id_score for r in rows if r.id_score] + ['entropy']))
     sets = list(dict.fromkeys(c.split('/')[1] for c in every if c.startswith('ood/')))
     ood = [f'ood/{s}/{score}/auroc' for s in sets for score in scores if f'ood/{s}/{score}/auroc' in every]
     in_distribution = [c for c in every if c in ID_METRICS]
-    perturbation = [c for c in every if '/' in c and c.split('/')[0] not in ('selective', 'ood')]
+    perturbation = [c for c in every if '/' in c and c.split('/')[0] not in ('selective', 'ood')
+                    and not (c.count('/') == 2 and c.endswith('/auroc') and c.split('/')[1] not in scores)]
     other = [c for c in every if '/' not in c and c not in ID_METRICS]
     return in_distribution + perturbation + ood + other
 

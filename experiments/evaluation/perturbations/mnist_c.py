@@ -28,8 +28,9 @@ from experiments.evaluation.perturbations.base import Context, Perturbation, Sam
 
 #: Seed of the corruptions: the same for every run, so that every family sees the same corrupted images
 SEED = 0
-#: The scores whose AUROC can be a `compare` column (`mnist_c/SCORE/auroc`): those of every family
-SCORES = ('u', 'entropy', 'msp', 'mutual_information', 'neg_log_density')
+#: The scores whose AUROC can be a `compare` column (`mnist_c/SCORE/auroc`): those of every family (`compare`'s
+#: headline shows the families' primary scores' and entropy's, `--columns all` every one)
+SCORES = ('u', 'entropy', 'msp', 'mutual_information', 'disagreement', 'voter_variance', 'neg_log_density')
 #: The per-condition metrics that are means over corruptions in `summary` and `by_severity`
 AVERAGED = ('accuracy', 'nll', 'ece', 'aurc')
 
