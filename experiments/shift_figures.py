@@ -112,14 +112,14 @@ def shift_plot(block: Mapping[str, Any], path) -> Path:
     ax_acc.axhline(block['clean_accuracy'], color='C0', linestyle='--', linewidth=1,
                    label=f"clean test set {block['clean_accuracy']:.3f}")
     ax_acc.set_ylabel('accuracy')
-    ax_acc.legend(fontsize=8, loc='lower left')
+    ax_acc.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.15))
     width = 0.8 / len(scores)
     for i, score in enumerate(scores):
         ax_auroc.bar(positions + (i - (len(scores) - 1) / 2) * width, [block['sets'][n]['auroc'][score] for n in names],
                      width, color=f'C{i + 1}', label=score)
     ax_auroc.axhline(0.5, color='0.5', linestyle=':', linewidth=1)
     ax_auroc.set_ylabel('AUROC: set vs clean test set')
-    ax_auroc.legend(fontsize=8, loc='lower left')
+    ax_auroc.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.15), ncol=len(scores))
     for ax in (ax_acc, ax_auroc):
         ax.set_xticks(positions, names, rotation=20, ha='right', fontsize=9)
         ax.set_ylim(0, 1.05)

@@ -217,8 +217,10 @@ class MnistC(Perturbation):
         return block
 
     def draw(self, block: Dict[str, Any], path: Path, *, dataset: str, num_classes: int) -> None:
+        from evidential.data import dataset_spec
         from experiments.shift_figures import mnist_c_plot
-        mnist_c_plot(block, path, title=f"MNIST-C on the {dataset} test set (first {block['n_samples']:,} images)")
+        mnist_c_plot(block, path, title=f"MNIST-C on the first {block['n_samples']:,} "
+                                        f"{dataset_spec(dataset).torchvision_name} test images")
 
     def table(self, block: Dict[str, Any]) -> List[str]:
         s = block['summary']
