@@ -331,7 +331,7 @@ def test_a_killed_sweep_finishes_only_what_was_missing(tmp_path_factory, synthet
     run folder, the second resumed from its checkpoint both times, the first never touched again."""
     project = _project(tmp_path_factory, 'sweep_resume')
     args = ['evidence_mnist', 'preset=smoke', f'data_dir={synthetic_data_dir}', 'holdout=0.25', 'epochs=5',
-            'train_batch_size=16', 'seed=1,2', '--name', 'resume']
+            'train_batch_size=16', 'seed=1,2', '--mnist-c-samples', '0', '--name', 'resume']
     logs = project / 'logs' / 'evidence_mnist'
     sweep_folder = project / 'logs' / 'sweeps' / 'resume'
 

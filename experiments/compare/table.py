@@ -60,8 +60,10 @@ def headline_columns(rows: List[Row]) -> List[str]:
     sets = list(dict.fromkeys(c.split('/')[1] for c in every if c.startswith('ood/')))
     ood = [f'ood/{s}/{score}/auroc' for s in sets for score in scores if f'ood/{s}/{score}/auroc' in every]
     in_distribution = [c for c in every if c in ID_METRICS]
+    # a perturbation's column per score (`mnist_c/msp/auroc`: every score has `selective/SCORE/...`) only for those
+    every_score = {c.split('/')[1] for c in every if c.startswith('selective/')}
     perturbation = [c for c in every if '/' in c and c.split('/')[0] not in ('selective', 'ood')
-                    and not (c.count('/') == 2 and c.endswith('/auroc') and c.split('/')[1] not in scores)]
+                    and not (c.count('/') == 2 and c.split('/')[1] in every_score and c.split('/')[1] not in scores)]
     other = [c for c in every if '/' not in c and c not in ID_METRICS]
     return in_distribution + perturbation + ood + other
 
