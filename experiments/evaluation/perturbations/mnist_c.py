@@ -29,7 +29,7 @@ from experiments.evaluation.perturbations.base import Context, Perturbation, Sam
 #: Seed of the corruptions: the same for every run, so that every family sees the same corrupted images
 SEED = 0
 #: The scores whose AUROC can be a `compare` column (`mnist_c/SCORE/auroc`): those of every family, the two of
-#: every prediction and each family's own (`Prediction.scores`; a family with a score of a new name adds it here).
+#: every prediction and each family's own (`Prediction.scores`; a family whose score has another name adds it).
 #: `compare`'s headline shows the compared families' primary scores' and entropy's, `--columns all` every one.
 SCORES = ('u', 'entropy', 'msp', 'mutual_information', 'disagreement', 'voter_variance', 'neg_log_density',
           'neg_log_feature_density')
