@@ -32,7 +32,7 @@ SEED = 0
 #: every prediction and each family's own (`Prediction.scores`; a family whose score has another name adds it).
 #: `compare`'s headline shows the compared families' primary scores' and entropy's, `--columns all` every one.
 SCORES = ('u', 'entropy', 'msp', 'mutual_information', 'disagreement', 'voter_variance', 'neg_log_density',
-          'neg_log_feature_density')
+          'neg_log_feature_density', 'gp_variance')
 #: The per-condition metrics that are means over corruptions in `summary` and `by_severity`
 AVERAGED = ('accuracy', 'nll', 'ece', 'aurc')
 
