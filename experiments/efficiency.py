@@ -3,6 +3,7 @@ Efficiency: this app's training step against the bare step of the same model —
 
     python -m experiments.efficiency [--family NAME ... | --family all] [--preset NAME] [--precision fp32 bf16]
                                      [--data-dir DIR] [--epochs 1] [--device cpu] [--repeats 1] [--seed 0]
+                                     [--set KEY=VALUE ...]
 
 For each family (default: `evidence_mnist` with its default preset and with `preset=labml`) and precision, a
 child process trains the app for `--epochs` epochs exactly as `python -m experiments.<family>` does (train
@@ -37,7 +38,7 @@ class EfficiencyError(RuntimeError):
 
 
 def measure(family: str, preset: Optional[str], precision: str, data_dir: str, epochs: int, device: str,
-            seed: int) -> Dict[str, float]:
+            seed: int, overrides: List[str] = ()) -> Dict[str, float]:
     """Trains one run in a temporary folder and times the bare step of its model (see the module docstring)."""
     import torch
     from configs.runner import load_trained
@@ -45,7 +46,7 @@ def measure(family: str, preset: Optional[str], precision: str, data_dir: str, e
     from experiments.train import main
 
     argv = [*([f'preset={preset}'] if preset else []), f'data_dir={data_dir}', f'epochs={epochs}',
-            f'device={device}', f'seed={seed}', f'precision={precision}']
+            f'device={device}', f'seed={seed}', f'precision={precision}', *overrides]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / '.labml.yaml').write_text('data_path: data\nexperiments_path: logs\n')
         os.chdir(tmp)
@@ -116,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu', help='cpu (default), cuda or auto')
     p.add_argument('--repeats', type=int, default=1, help='runs per row, interleaved; the best counts')
     p.add_argument('--seed', type=int, default=0, help='seed of every run (default 0)')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='overrides for every run, as on the training command line (optimizer.optimizer=FusedAdam)')
     p.add_argument('--child', help=argparse.SUPPRESS)
     return p
 
@@ -146,21 +149,23 @@ def _main(argv=None) -> int:
     args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     if args.child:
         family, preset, precision = json.loads(args.child)
-        print(json.dumps(measure(family, preset, precision, args.data_dir, args.epochs, args.device, args.seed)))
+        print(json.dumps(measure(family, preset, precision, args.data_dir, args.epochs, args.device, args.seed,
+                                 args.set)))
         return 0
     if not (Path(args.data_dir) / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte').exists():
         p.error(f'no MNIST files under {args.data_dir}/MNIST/raw (pass --data-dir)')
     rows = _rows(args)
     import torch
     print(f"efficiency: {args.epochs} epoch(s) per run, device {args.device}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, best of {args.repeats}, seed {args.seed}", flush=True)
+          f"torch {torch.__version__}, best of {args.repeats}, seed {args.seed}"
+          + (f", {' '.join(args.set)}" if args.set else ''), flush=True)
     results: Dict[tuple, List[dict]] = {row: [] for row in rows}
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
     for i in range(args.repeats):
         for row in rows:
             cmd = [sys.executable, '-m', 'experiments.efficiency', '--child', json.dumps(row),
                    '--data-dir', args.data_dir, '--epochs', str(args.epochs), '--device', args.device,
-                   '--seed', str(args.seed)]
+                   '--seed', str(args.seed), *(['--set', *args.set] if args.set else [])]
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if r.returncode != 0:
                 raise EfficiencyError(f"{_name(row)} failed:\n{r.stderr[-3000:]}")
