@@ -28,6 +28,7 @@ FAMILIES: Dict[str, str] = {
     'vote_mnist': 'configs.vote',
     'bayes_mnist': 'configs.bayes',
     'circuit_mnist': 'configs.circuit',
+    'laplace_mnist': 'configs.laplace',
 }
 
 #: Keys that do not change what is trained (where files are, where it runs, how it is reported): a resume may
