@@ -153,7 +153,7 @@ def prior_precision(la) -> Tuple[float, ...]:
 
 
 def _is_last_layer(la) -> bool:
-    return type(la).__name__.endswith('LLLaplace')
+    return isinstance(la, import_laplace().LLLaplace)
 
 
 def _chunks(la, x: torch.Tensor):
@@ -173,17 +173,21 @@ def glm_moments(la, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     same moments by `kron_last_layer_moments`). Differentiable in `x` when gradients are on; detached otherwise.
 
     With every weight Gaussian the Jacobians come from autograd (`torch.func`), which an inference-mode batch
-    cannot enter: such a batch is cloned into a normal tensor and computed with inference mode off.
+    cannot enter: such a batch is cloned into a normal tensor and computed with inference mode off. Inside an
+    autocast region (bfloat16 forward passes) the moments are still computed in float32: eigenvectors and
+    $1 / (\\lambda_1 \\lambda_2 + \\delta)$ with 8 bits of mantissa would not be the posterior's.
     """
     grad = torch.is_grad_enabled()
     if not _is_last_layer(la) and torch.is_inference_mode_enabled():
         with torch.inference_mode(False):
             return glm_moments(la, x.clone())
-    if type(la).__name__ == 'KronLLLaplace' and not la.damping:
-        mu, sigma = kron_last_layer_moments(la, x)
-    else:
-        moments = [la._glm_predictive_distribution(chunk) for chunk in _chunks(la, x)]
-        mu, sigma = (torch.cat(parts) for parts in zip(*moments))
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        if isinstance(la, import_laplace().KronLLLaplace) and not la.damping:
+            mu, sigma = kron_last_layer_moments(la, x)
+        else:
+            moments = [la._glm_predictive_distribution(chunk) for chunk in _chunks(la, x)]
+            mu, sigma = (torch.cat(parts) for parts in zip(*moments))
     return (mu, sigma) if grad else (mu.detach(), sigma.detach())
 
 
@@ -241,7 +245,8 @@ def sampled_logits(la, x: torch.Tensor, samples: int) -> torch.Tensor:
     $\\epsilon_s$ per draw, shared by the batch's images), from torch's global generator."""
     from laplace.utils import normal_samples
     mu, sigma = glm_moments(la, x)
-    return normal_samples(mu, sigma, samples)
+    with torch.autocast(x.device.type, enabled=False):  # L ε in float32, as the moments
+        return normal_samples(mu, sigma, samples)
 
 
 def predictive_logits(la, x: torch.Tensor, link_approx: str, samples: int) -> torch.Tensor:
