@@ -79,7 +79,7 @@ def last_linear_name(model: nn.Module) -> str:
 
 def build_posterior(model: nn.Module, subset: str, structure: str):
     """
-    An unfitted laplace-torch posterior around the weights `model` has now (its MAP), on a copy of `model`: the
+    An unfitted laplace-torch posterior around the current weights of `model` (its MAP), on a copy of `model`: the
     posterior keeps its own network, so training `model` further does not change it.
 
     * `last_layer`: every other weight of the copy is frozen, so laplace-torch's parameter vector is only the last
