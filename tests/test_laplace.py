@@ -137,14 +137,9 @@ def fits(monkeypatch):
     return confs, library
 
 
-def _run(workdir):
-    (run,) = (workdir / 'logs' / 'laplace_mnist').iterdir()
-    return run
-
-
 def test_the_posterior_is_saved_and_loaded_not_refitted(workdir, synthetic_data_dir, monkeypatch, fits):
     """Training fits once; the checkpoint holds the posterior; `load_trained` and `experiments.evaluate` use it
-    without fitting and give the in-process fit's predictions exactly."""
+    without fitting and give the in-process fit's predictions exactly; a resume that trains further fits again."""
     confs, library = fits
     monkeypatch.chdir(workdir)
     assert train('laplace_mnist', ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
@@ -152,7 +147,7 @@ def test_the_posterior_is_saved_and_loaded_not_refitted(workdir, synthetic_data_
     fitted = confs[0]
     test = fitted.dataset.test
     in_process = fitted.evaluate_outputs(test)
-    run = _run(workdir)
+    (run,) = (workdir / 'logs' / 'laplace_mnist').iterdir()
     state = load_checkpoint(run)
     saved = state['laplace']
     assert saved['n_fit'] == 512 and saved['fit_seconds'] > 0
@@ -176,9 +171,17 @@ def test_the_posterior_is_saved_and_loaded_not_refitted(workdir, synthetic_data_
     assert torch.equal(conf.eval_forward(test.images[:8]), conf.model(test.images[:8]))
     assert 'MAP network' in conf.evaluation_notes(in_process, 'test')[0]
 
+    # trained further, the weights change: the saved posterior is stale and is fitted again, once
+    assert train('laplace_mnist', [f'resume={run.name}', 'epochs=2', f'data_dir={synthetic_data_dir}',
+                                   'device=cpu']) == 0
+    assert library == ['KronLLLaplace', 'KronLLLaplace']
+    resumed = load_checkpoint(run)
+    assert resumed['epoch'] == 2 and not torch.equal(resumed['laplace']['posterior']['mean'], saved['posterior']['mean'])
 
-def test_options_reach_the_posterior_and_a_longer_resume_refits(workdir, synthetic_data_dir, monkeypatch, fits,
-                                                                capsys):
+
+def test_options_reach_laplace_torch_from_the_command_line(workdir, synthetic_data_dir, monkeypatch, fits, capsys):
+    from configs import registry
+    from configs.runner import prepare
     confs, library = fits
     monkeypatch.chdir(workdir)
     args = ['preset=smoke', f'data_dir={synthetic_data_dir}', 'device=cpu']
@@ -187,19 +190,11 @@ def test_options_reach_the_posterior_and_a_longer_resume_refits(workdir, synthet
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'full Hessian over all 431,080 weights' in err[0]
     assert not (workdir / 'logs' / 'laplace_mnist').exists()
-
-    assert train('laplace_mnist', [*args, 'hessian_structure=diag', 'link_approx=mc', 'pred_samples=7']) == 0
-    assert library == ['DiagLLLaplace']
-    run = _run(workdir)
-    _, conf, _, _ = load_trained(run.name)
-    assert type(conf.posterior()).__name__ == 'DiagLLLaplace' and len(library) == 1
+    # the options of a command line (no training: the fit runs on the untrained network)
+    conf = prepare(registry.get('laplace_mnist'), [*args, 'hessian_structure=diag', 'link_approx=mc',
+                                                   'pred_samples=7']).conf
+    conf.fit_posterior()
+    assert library == ['DiagLLLaplace'] and type(conf.posterior()).__name__ == 'DiagLLLaplace'
     outputs = conf.evaluate_outputs(conf.dataset.test)
     assert outputs.shape == (7, 256, 10)
     assert 'mutual_information' in conf.predict(outputs).scores
-    # trained further, the weights change: the saved posterior is stale and is fitted again, once
-    first = load_checkpoint(run)['laplace']['posterior']['mean']
-    assert train('laplace_mnist', [f'resume={run.name}', 'epochs=2', f'data_dir={synthetic_data_dir}',
-                                   'device=cpu']) == 0
-    assert library == ['DiagLLLaplace', 'DiagLLLaplace']
-    state = load_checkpoint(run)
-    assert state['epoch'] == 2 and not torch.equal(state['laplace']['posterior']['mean'], first)
