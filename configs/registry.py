@@ -30,6 +30,7 @@ FAMILIES: Dict[str, str] = {
     'circuit_mnist': 'configs.circuit',
     'ddu_mnist': 'configs.ddu',
     'sngp_mnist': 'configs.sngp',
+    'laplace_mnist': 'configs.laplace',
 }
 
 #: Keys that do not change what is trained (where files are, where it runs, how it is reported): a resume may
