@@ -161,8 +161,8 @@ class EvidenceConfigs(LeNetExperimentConfigs):
             share = (total_log_evidence(outputs.float()) >= LOG_EVIDENCE_BOUND).float().mean().item()
             if share > 0:
                 notes.append(f"{share:.1%} of the {split_name} images have a total evidence at or above "
-                             f"e^{LOG_EVIDENCE_BOUND:g}, NatPN's clamp: they share one u; the log-density extra "
-                             f"(predictions) still ranks them")
+                             f"e^{LOG_EVIDENCE_BOUND:g}, NatPN's clamp: they share one u (their log-density, "
+                             f"tracked as the log_density histograms, still tells them apart)")
         if self.outputs_to_evidence is EVIDENCE_HEADS['exp'] and len(outputs):
             share = on_exp_plateau(outputs).float().mean().item()
             if share > 0:

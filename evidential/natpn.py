@@ -99,17 +99,20 @@ def dirichlet_entropy(alpha: torch.Tensor) -> torch.Tensor:
 def bayesian_loss(evidence: torch.Tensor, labels: torch.Tensor, entropy_weight: float = 1e-5) -> torch.Tensor:
     r"""
     NatPN's Bayesian loss with $\boldsymbol\alpha = \mathbf{n} + 1$, the mean over the batch of
-    $\psi(S) - \psi(\alpha_y) - \lambda\, \mathbb{H}[\text{Dir}(\boldsymbol\alpha)]$ ($\lambda$ = `entropy_weight`).
+    $\psi(S) - \psi(\alpha_y) - \lambda\, \mathbb{H}[\text{Dir}(\boldsymbol\alpha)]$ ($\lambda$ = `entropy_weight`),
+    computed in float64 (with $S \approx e^{30}$, $\psi(S) - \psi(\alpha_y)$ is a difference of two values ~30 that
+    float32 resolves only to ~2e-6); the result has the dtype of `evidence`.
     """
     if entropy_weight < 0:
         raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
     _one_hot(evidence, labels)  # checks the shapes
+    e = evidence.double()
     # $\mathbb{E}_{\text{Dir}(\boldsymbol\alpha)}[-\log p_y] = \psi(S) - \psi(\alpha_y)$
-    expected_ce = cross_entropy_bayes_risk(evidence, labels)
-    if entropy_weight == 0:
-        return expected_ce
-    # $-\lambda\, \mathbb{H}[\text{Dir}(\boldsymbol\alpha)]$
-    return expected_ce - entropy_weight * dirichlet_entropy(evidence + 1).mean()
+    loss = cross_entropy_bayes_risk(e, labels)
+    if entropy_weight > 0:
+        # $-\lambda\, \mathbb{H}[\text{Dir}(\boldsymbol\alpha)]$
+        loss = loss - entropy_weight * dirichlet_entropy(e + 1).mean()
+    return loss.to(evidence.dtype)
 
 
 def flow_nll(log_density: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
