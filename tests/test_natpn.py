@@ -2,7 +2,7 @@
 The Natural Posterior Network of `model=natpn` (`evidential/flows.py`, `evidential/natpn.py`,
 `evidential/models/natpn.py`), against independent references: Pyro's `Radial` transform, `torch.func.jacrev`,
 numerical integration, the density of a known synthetic mixture, and a Monte-Carlo estimate of the loss with
-`torch.distributions.Dirichlet`; and a smoke run of `python -m experiments.evidence_mnist model=natpn`.
+`torch.distributions.Dirichlet`; a smoke run of `python -m experiments.evidence_mnist model=natpn`, and its warm-up.
 """
 import json
 import math
@@ -163,3 +163,21 @@ def test_smoke_run_of_model_natpn_trains_and_evaluates(workdir, synthetic_data_d
     u, evidence = npz['id/u'], npz['id/evidence']
     # u = K / S with S = sum(evidence + 1): the saved evidence is the opinion's
     np.testing.assert_allclose(u, 10 / (evidence + 1).sum(-1), rtol=1e-5)
+
+
+def test_warmup_trains_the_flows_alone(workdir, synthetic_data_dir, monkeypatch):
+    """`natpn_warmup_epochs=1`: after a warm-up epoch the encoder's weights are their initial ones (the seed's), the
+    flows' are not."""
+    from configs.checkpoint import load_checkpoint
+    from evidential.models.natpn import NaturalPosteriorNetwork
+    from experiments.train import main as train
+    monkeypatch.chdir(workdir)
+    assert train('evidence_mnist', ['preset=smoke', 'model=natpn', 'natpn_warmup_epochs=1', 'seed=3',
+                                    f'data_dir={synthetic_data_dir}', 'device=cpu']) == 0
+    (run,) = (workdir / 'logs' / 'evidence_mnist').iterdir()
+    trained = load_checkpoint(run)['model']
+    torch.manual_seed(3)  # as `natpn_body`, right before initialisation
+    initial = NaturalPosteriorNetwork(10, torch.ones(10)).state_dict()
+    encoder = [k for k in initial if k.startswith('encoder.')]
+    assert encoder and all(torch.equal(initial[k], trained[k]) for k in encoder)
+    assert not torch.equal(initial['flow.reference'], trained['flow.reference'])
