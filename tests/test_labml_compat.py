@@ -133,6 +133,10 @@ def test_file_writer_is_found_and_taken_over(tmp_path):
     finally:
         compat.detach_writers()
     assert compat.tracker_file_writer() is None
+    compat.forget_indicators('compat_only.')
+    assert compat.indicator_definitions({'compat_only.a'}) == {}
+    from labml.internal.tracker import tracker_singleton
+    assert not any(k.startswith('compat_only.') for k in tracker_singleton().dot_indicators)
 
 
 def test_tracker_writes_only_to_one_writer(tmp_path):

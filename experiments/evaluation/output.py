@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from configs.checkpoint import LogGuard, atomic_write_bytes
-from configs.compat import detach_writers, flush_tracker, indicator_definitions, new_file_writer, write_only_to
+from configs.compat import detach_writers, flush_tracker, forget_indicators, indicator_definitions, new_file_writer, \
+    write_only_to
 from experiments.evaluation import EvaluateError
 
 
@@ -60,6 +61,7 @@ def log_to_labml(run_dir: Path, values: Dict[str, float], global_step: int) -> N
         flush_tracker()  # flushes the file writer
     finally:
         detach_writers()  # as a fresh tracker: a later labml run in this process counts from its own start
+        forget_indicators('eval.')  # ... and does not list these in its indicators.yaml
     if guard.error is not None:
         raise guard.error
     _add_indicator_definitions(run_dir / 'indicators.yaml', definitions)
