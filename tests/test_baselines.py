@@ -287,5 +287,5 @@ def test_bad_baseline_settings_exit_2(main, args, message, workdir, synthetic_da
 
 
 def test_ensemble_model_option_belongs_to_the_ensemble_only():
-    assert schema(EvidenceConfigs, EVIDENCE_DEFAULTS)['model'].options == ['lenet']
+    assert schema(EvidenceConfigs, EVIDENCE_DEFAULTS)['model'].options == ['lenet', 'natpn']
     assert schema(EnsembleConfigs, ENSEMBLE.defaults)['model'].options == ['lenet_ensemble']
