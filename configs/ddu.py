@@ -42,7 +42,35 @@ from evidential.prediction import Prediction
 SCORE = 'neg_log_feature_density'
 
 
-class DDUConfigs(LeNetExperimentConfigs):
+class SpectralBodyConfigs(LeNetExperimentConfigs):
+    """
+    ## The keys of a spectrally normalised residual LeNet body (`ResLeNet`)
+
+    What `ddu_mnist` and `sngp_mnist` share: the body's keys, its part of the checkpoint's architecture, and the
+    outliers' loss (towards a uniform softmax). Each family declares its own `model` (labml keeps options on the
+    class that declares the key).
+    """
+    # 1×1 shortcuts around the convolution stages and leaky ReLU (sensitivity); False: the plain LeNet's stages
+    residual: bool = True
+    # Spectral-norm coefficient c: every layer but the output one has ||W||_2 <= c (DDU's default 3); 0 = off
+    sn_coeff: float = 3.0
+    # Power-iteration steps per training forward of each normalised layer
+    sn_power_iterations: int = 1
+    # Width of the penultimate layer: the dimension d of the features (the GDA models them, the GP compares them)
+    feature_dim: int = 500
+
+    def spectral_layers(self) -> SpectralLayers:
+        return SpectralLayers(self.sn_coeff, self.sn_power_iterations)
+
+    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        return uniform_to_softmax_kl(outputs).mean()
+
+    def architecture(self) -> Dict[str, object]:
+        return {**super().architecture(), 'residual': self.residual, 'spectral_norm': self.sn_coeff > 0,
+                'feature_dim': self.feature_dim}
+
+
+class DDUConfigs(SpectralBodyConfigs):
     """
     ## Deep Deterministic Uncertainty
 
@@ -53,21 +81,9 @@ class DDUConfigs(LeNetExperimentConfigs):
     # The model, chosen by name among this family's options
     model: nn.Module
 
-    # 1×1 shortcuts around the convolution stages and leaky ReLU (sensitivity); False: the plain LeNet's stages
-    residual: bool = True
-    # Spectral-norm coefficient c: every layer but the output one has ||W||_2 <= c (DDU's default 3); 0 = off
-    sn_coeff: float = 3.0
-    # Power-iteration steps per training forward of each normalised layer
-    sn_power_iterations: int = 1
-    # Width of the penultimate layer: the dimension d of the features the GDA models
-    feature_dim: int = 500
-
     def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor,
                       samples_seen: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return F.cross_entropy(outputs, labels), {}
-
-    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
-        return uniform_to_softmax_kl(outputs).mean()
 
     # ------------------------------------------------------------------ the feature density
     def gda(self) -> Optional[GaussianDiscriminant]:
@@ -123,10 +139,6 @@ class DDUConfigs(LeNetExperimentConfigs):
                 f"{gda.dim}-dimensional features, jitter {gda.jitter:g}"]
 
     # ------------------------------------------------------------------ checkpoints
-    def architecture(self) -> Dict[str, object]:
-        return {**super().architecture(), 'residual': self.residual, 'spectral_norm': self.sn_coeff > 0,
-                'feature_dim': self.feature_dim}
-
     def _state(self, epoch: int, samples_seen: int, history: list, status: str, generator: torch.Generator):
         return {**super()._state(epoch, samples_seen, history, status, generator), 'gda': self.gda().state()}
 
@@ -156,7 +168,7 @@ def _res_lenet(c: DDUConfigs) -> nn.Module:
     # Seed right before initialisation (as `lenet_body`): the power-iteration vectors are drawn here too
     torch.manual_seed(c.seed)
     model = ResLeNet(c.n_classes, c.dropout, hidden=c.feature_dim, residual=c.residual,
-                     layers=SpectralLayers(c.sn_coeff, c.sn_power_iterations))
+                     layers=c.spectral_layers())
     return model.to(c.dataset.train.images.device, memory_format=torch.channels_last)
 
 

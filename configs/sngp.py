@@ -31,14 +31,12 @@ from labml import tracker
 from labml.configs import option
 
 from configs.checkpoint import CheckpointError
-from configs.ddu import FAMILY as DDU
+from configs.ddu import FAMILY as DDU, SpectralBodyConfigs
 from configs.experiment import TrainingStopped
-from configs.lenet import LeNetExperimentConfigs, baseline_presets
+from configs.lenet import baseline_presets
 from configs.registry import Family, between, non_negative, one_of, positive
 from evidential.data import TensorSplit
-from evidential.models.ddu import SpectralLayers
 from evidential.models.sngp import SNGPLeNet
-from evidential.outliers import uniform_to_softmax_kl
 from evidential.prediction import Prediction
 from evidential.sngp import LIKELIHOODS, MEAN_FIELD_FACTOR, CovarianceError, LaplacePrecision, mean_field_logits, \
     predictive_variance
@@ -47,7 +45,7 @@ from evidential.sngp import LIKELIHOODS, MEAN_FIELD_FACTOR, CovarianceError, Lap
 SCORE = 'gp_variance'
 
 
-class SNGPConfigs(LeNetExperimentConfigs):
+class SNGPConfigs(SpectralBodyConfigs):
     """
     ## SNGP
 
@@ -57,15 +55,6 @@ class SNGPConfigs(LeNetExperimentConfigs):
 
     # The model, chosen by name among this family's options
     model: nn.Module
-
-    # The body, as ddu_mnist's: 1×1 shortcuts and leaky ReLU (False: the plain LeNet's stages)
-    residual: bool = True
-    # Spectral-norm coefficient c of every body layer (||W||_2 <= c); 0 = off
-    sn_coeff: float = 3.0
-    # Power-iteration steps per training forward of each normalised layer
-    sn_power_iterations: int = 1
-    # Width d of the features h the GP's kernel compares
-    feature_dim: int = 500
 
     # D, the number of random Fourier features (the paper's 1024)
     sngp_features: int = 1024
@@ -86,9 +75,6 @@ class SNGPConfigs(LeNetExperimentConfigs):
         image."""
         ridge = self.model.out.ridge_penalty() / len(self.dataset.train)
         return F.cross_entropy(outputs, labels) + ridge, {'ridge.train': ridge}
-
-    def outlier_loss(self, outputs: torch.Tensor) -> torch.Tensor:
-        return uniform_to_softmax_kl(outputs).mean()
 
     # ------------------------------------------------------------------ the Laplace covariance
     def covariance(self) -> Optional[torch.Tensor]:
@@ -184,9 +170,7 @@ class SNGPConfigs(LeNetExperimentConfigs):
 
     # ------------------------------------------------------------------ checkpoints
     def architecture(self) -> Dict[str, object]:
-        return {**super().architecture(), 'residual': self.residual, 'spectral_norm': self.sn_coeff > 0,
-                'feature_dim': self.feature_dim, 'sngp_features': self.sngp_features,
-                'layer_norm': self.sngp_layer_norm}
+        return {**super().architecture(), 'sngp_features': self.sngp_features, 'layer_norm': self.sngp_layer_norm}
 
     def _state(self, epoch: int, samples_seen: int, history: list, status: str, generator: torch.Generator):
         covariance = self.covariance()
@@ -225,7 +209,7 @@ def _sngp_lenet(c: SNGPConfigs) -> nn.Module:
     # Fourier features from their own generator
     torch.manual_seed(c.seed)
     model = SNGPLeNet(c.n_classes, c.dropout, hidden=c.feature_dim, residual=c.residual,
-                      layers=SpectralLayers(c.sn_coeff, c.sn_power_iterations), n_random_features=c.sngp_features,
+                      layers=c.spectral_layers(), n_random_features=c.sngp_features,
                       lengthscale=c.sngp_lengthscale, layer_norm=c.sngp_layer_norm,
                       generator=torch.Generator().manual_seed(c.seed))
     return model.to(c.dataset.train.images.device, memory_format=torch.channels_last)
