@@ -32,19 +32,24 @@ def _read_header(f, path: Path):
     raise ValueError(f'unsupported .npy format version {version}')
 
 
+def check_regular_file(path: Path, flag: str) -> None:
+    """Raises `EvaluateError` (`{flag}: no such file`, ...) unless `path` is a regular file."""
+    try:
+        regular = path.is_file()
+        present = regular or path.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise EvaluateError(f"{flag}: cannot be used ({getattr(e, 'strerror', None) or e})") from None
+    if not regular:
+        raise EvaluateError(f"{flag}: " + ("not a regular file" if present else "no such file"))
+
+
 def load_ood_file(path: Path) -> np.ndarray:
     """A `.npy` of `uint8` images `[N, 28, 28]` or `[N, 1, 28, 28]` (white on black, 0–255) → `[N, 28, 28]`.
 
     The header is checked before any data is read: dtype, shape, and that the file holds all the bytes the
     header promises (a truncated file, or a header claiming terabytes, is refused without allocating them).
     `allow_pickle=False`: an object array is refused, never unpickled."""
-    try:
-        regular = path.is_file()
-        present = regular or path.exists()
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte
-        raise EvaluateError(f"--ood-file {path}: cannot be used ({getattr(e, 'strerror', None) or e})") from None
-    if not regular:
-        raise EvaluateError(f"--ood-file {path}: " + ("not a regular file" if present else "no such file"))
+    check_regular_file(path, f"--ood-file {path}")
     try:
         with open(path, 'rb') as f:
             magic = f.read(6)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from experiments.evaluation import EvaluateError
-from experiments.evaluation.inputs import MAX_OOD_IMAGES, _read_header, _set_name_ok
+from experiments.evaluation.inputs import MAX_OOD_IMAGES, _read_header, _set_name_ok, check_regular_file
 from experiments.evaluation.perturbations.base import Context, Perturbation
 
 #: Class indices a label may take: those of the datasets (`evidential.data.DATASETS`: ten classes each)
@@ -62,13 +62,7 @@ def _headers(path: Path, flag: str) -> Dict[str, Tuple[List[int], np.dtype, int]
 def load_shift_file(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     """`(images uint8 [N, 28, 28], labels int64 [N])` of a checked `--shift-file`; raises `EvaluateError`."""
     flag = f"--shift-file {path}"
-    try:
-        regular = path.is_file()
-        present = regular or path.exists()
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte
-        raise EvaluateError(f"{flag}: cannot be used ({getattr(e, 'strerror', None) or e})") from None
-    if not regular:
-        raise EvaluateError(f"{flag}: " + ("not a regular file" if present else "no such file"))
+    check_regular_file(path, flag)
     try:
         with open(path, 'rb') as f:
             magic = f.read(len(ZIP_MAGIC))
