@@ -1,5 +1,6 @@
 """
-The README's headline comparison, over seeds: every registered family with its default settings × seeds 1, 2, 3,
+The README's headline comparison, over seeds: every registered family with its default settings × seeds 1, 2, 3
+(and the evidential family's NatPN head and bf16 precision),
 evaluated on the test set; trained on the data folder given as `data_dir=DIR` (the README's numbers come from a
 10k-image MNIST subset), else on labml's data folder.
 
@@ -13,7 +14,11 @@ from configs.registry import names
 
 name = 'compare_all'
 split = 'test'
-runs = [(family, {'seed': [1, 2, 3]}) for family in names()]
+runs = [(family, {'seed': [1, 2, 3]}) for family in names()] + [
+    # the evidential family's density-based head (Natural Posterior Network) and its default under bf16 autocast
+    ('evidence_mnist', {'model': ['natpn'], 'seed': [1, 2, 3]}),
+    ('evidence_mnist', {'precision': ['bf16'], 'seed': [1, 2, 3]}),
+]
 columns = [
     'accuracy', 'nll', 'ece', 'aurc', 'misclassification_auroc',
     # Fashion-MNIST as OOD: by entropy (every family), by the evidential u, by the circuit's -log p(x), by DDU's
