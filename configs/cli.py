@@ -101,6 +101,7 @@ INT_LIMIT = 2 ** 63 - 1
 #: Sensible, not tight: far above any run this app makes, low enough that a typo (`epochs=1e100`) is refused.
 UPPER_BOUNDS: Dict[str, int] = {
     'epochs': 10_000,
+    'train_size': 10 ** 9,
     'train_batch_size': 65_536,  # and at most the training set (checked once the data is loaded)
     'valid_batch_size': 65_536,  # a larger one than the set is harmless: the last batch is just shorter
     'log_interval': 100_000,
@@ -116,6 +117,7 @@ CHECKS: Dict[str, Check] = {
     'log_interval': positive,
     'seed': lambda v: None if 0 <= v < 2 ** 63 else 'must be in [0, 2**63)',
     'holdout': _holdout,
+    'train_size': non_negative,
     'lr_schedule': one_of(('constant', 'cosine', 'cosine_epochs')),
     'lr_period_epochs': positive,
     'device': _device,

@@ -21,7 +21,7 @@ from labml import lab, monit, tracker
 from labml.configs import BaseConfigs, option
 from labml_nn.optimizers.configs import OptimizerConfigs
 
-from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, normalize, resolve_device, \
+from evidential.data import TensorSplit, dataset_spec, holdout_split, load_split, subsample, normalize, resolve_device, \
     tensor_split
 from evidential.precision import autocast
 from evidential.prediction import Prediction, categorical_entropy
@@ -88,6 +88,9 @@ class MNISTExperimentConfigs(BaseConfigs):
     # Fraction of the training set held out for validation and model selection;
     # 0 validates on the test set, as labml_nn's tutorial does
     holdout: float = 0.0
+    # Training images used, taken at random (seeded, nested across sizes) from the training set after the
+    # holdout; 0 uses all of them. For learning curves: the held-out and test sets stay the same
+    train_size: int = 0
     # `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`
     device: str = 'auto'
     # Seed of parameter initialisation, dropout, holdout split and shuffling
@@ -464,6 +467,8 @@ def load_data(c: MNISTExperimentConfigs, name: str) -> Data:
         source = 'holdout'
     else:
         valid, source = test, 'test'
+    if 0 < c.train_size < len(train):
+        train = subsample(train, c.train_size, c.seed)
     return Data(name=name, n_classes=spec.n_classes, train=train, valid=valid, test=test, valid_source=source)
 
 

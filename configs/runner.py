@@ -138,6 +138,10 @@ def prepare(family: registry.Family, argv: List[str],
         _ = conf.dataset, conf.model, conf.optimizer
     check_precision(conf.precision, conf.dataset.train.images.device)  # PrecisionError (a ValueError)
     n_train = len(conf.dataset.train)
+    if conf.train_size > n_train:  # an error, not a silent clamp: the run would be mislabelled in `compare`
+        raise UsageError(f"train_size={conf.train_size} is larger than the training set ({n_train} images"
+                         f"{' after the holdout' if conf.dataset.valid_source == 'holdout' else ''}); "
+                         f"use at most {n_train}, or 0 for all")
     if conf.train_batch_size > n_train:  # an error, not a silent clamp: the batch size is part of the recipe
         raise UsageError(f"train_batch_size={conf.train_batch_size} is larger than the training set ({n_train} images"
                          f"{' after the holdout' if conf.dataset.valid_source == 'holdout' else ''}); "

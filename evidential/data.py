@@ -206,6 +206,16 @@ def holdout_split(train: TensorSplit, fraction: float, seed: int) -> Tuple[Tenso
     return TensorSplit(train.images[order[n_valid:]], train.labels[order[n_valid:]]), valid
 
 
+def subsample(train: TensorSplit, n: int, seed: int) -> TensorSplit:
+    """The first `n` images of a seeded permutation of `train`: a random training subset for learning curves.
+    With one seed the subsets are nested (the 1,000 images of `n=1000` are among those of `n=2000`), so a curve
+    over `n` adds data rather than drawing a new set each time. `n` must be in [1, len(train)]."""
+    if not 1 <= n <= len(train):
+        raise ValueError(f"cannot take {n} of {len(train)} training images")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).to(train.labels.device)
+    return TensorSplit(train.images[order[:n]], train.labels[order[:n]])
+
+
 class DeviceError(ValueError):
     """A device name torch knows that cannot be used here: `device={name}: {reason}`."""
 

@@ -82,3 +82,27 @@ def test_a_data_file_that_is_not_a_regular_file_is_an_error(tmp_path, synthetic_
     os.mkfifo(images)
     with pytest.raises(DataError, match='not a regular file'):
         load_split('mnist', root, train=True, download=False)
+
+
+def test_train_size_takes_a_seeded_nested_subset_and_keeps_the_other_splits(synthetic_data_dir):
+    """`train_size=N`: N of the training images after the holdout, the same N for one seed, nested across sizes;
+    the held-out and test sets do not change."""
+    from types import SimpleNamespace
+    from configs.experiment import load_data
+
+    def data(train_size, seed=1):
+        c = SimpleNamespace(data_dir=str(synthetic_data_dir), download=False, device='cpu', holdout=0.25,
+                            seed=seed, train_size=train_size)
+        return load_data(c, 'mnist')
+
+    full, small, larger, again, other = data(0), data(50), data(200), data(50), data(50, seed=2)
+    assert len(full.train) == 384 and len(small.train) == 50 and len(larger.train) == 200
+    assert torch.equal(small.valid.images, full.valid.images) and torch.equal(small.test.images, full.test.images)
+
+    def rows(split):
+        return {bytes(x.numpy().tobytes()) for x in split.images}
+    assert rows(small.train) <= rows(larger.train) <= rows(full.train)  # nested subsets of the training part
+    assert torch.equal(again.train.images, small.train.images) and torch.equal(again.train.labels, small.train.labels)
+    assert rows(other.train) != rows(small.train)
+    assert not rows(small.train) & rows(full.valid)  # never a held-out image
+    assert torch.equal(data(384).train.images, full.train.images)

@@ -165,6 +165,7 @@ def test_every_family_bounds_its_counts():
 PROCESS_CASES = [
     (['epochs=1e100'], 'epochs=1e100: is too large'),  # unbounded: a run folder, then an OverflowError in labml
     (['train_batch_size=60000'], 'train_batch_size=60000 is larger than the training set (512 images); use at most 512'),
+    (['train_size=600'], 'train_size=600 is larger than the training set (512 images); use at most 512'),
     (['optimizer.learning_rate=nan'], 'must be a finite number'),
     (['resume=' + 'a' * 300], 'no run with uuid'),
 ]
