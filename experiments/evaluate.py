@@ -115,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         log = results['labml_log']
         print(f"  {len(log['indicators'])} results appended to log.jsonl as eval.* labml indicators, "
               f"at step {log['global_step']:,}")
-    print(f"evaluated in {results['seconds']:.1f} s")
+    stages = ', '.join(f"{name} {s:.1f}" for name, s in results.get('timing', {}).items())
+    print(f"evaluated in {results['seconds']:.1f} s" + (f" ({stages})" if stages else ''))
     return 0
 
 

@@ -64,6 +64,10 @@ def test_smoke_run_end_to_end(workdir, synthetic_data_dir, monkeypatch):
     # (but the post-hoc steps' figures: this run has no held-out split to fit them on, tests/test_posthoc.py; and
     # MNIST-C's and the --shift-file sets', not asked for here: tests/test_mnist_c.py)
     assert set(result['figures']) == set(plots.figure_files()) - {'reliability_scaled', 'mnist_c', 'shift'}
+    # the wall time of each stage that ran (MNIST-C asked for 0 samples, no held-out split for the post-hoc steps)
+    assert list(result['timing']) == ['predict', 'ood', 'fgsm', 'pgd', 'rotation', 'missing_pixels', 'figures']
+    assert all(v >= 0 for v in result['timing'].values()) and sum(result['timing'].values()) <= result['seconds']
+    assert f"evaluated in {result['seconds']:.1f} s (predict {result['timing']['predict']:.1f}, ood" in r.stdout
     (workdir / 'plain').write_text('x')
     plain_mode = (workdir / 'plain').stat().st_mode & 0o777
     for name in [*result['figures'].values(), 'evaluation.json', 'predictions.npz', 'checkpoint.pt']:

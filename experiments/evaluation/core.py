@@ -88,6 +88,8 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         # ---- predictions (seeded: sampling models such as MC dropout give the same numbers on a rerun)
         torch.manual_seed(conf.seed)
         test = conf.dataset.valid if selecting else conf.dataset.test
+        timing: Dict[str, float] = {}  # wall seconds of each stage, for `evaluation.json`'s `timing`
+        stage = time.perf_counter()
         outputs = conf.evaluate_outputs(test)
         output_notes = conf.evaluation_notes(outputs, 'held-out' if selecting else 'test')
         for note in output_notes:
@@ -97,19 +99,22 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         id_arrays = prediction_arrays(id_pred)
         labels = test.labels.cpu().numpy()
         test_evidence = id_pred.extras.get('evidence')
+        timing['predict'] = round(time.perf_counter() - stage, 2)
+        stage = time.perf_counter()
         ood_arrays = {name: prediction_arrays(predict_images(conf, images)[0]) for name, images in ood_images.items()}
+        timing['ood'] = round(time.perf_counter() - stage, 2)
 
         # ---- metrics, from exactly the arrays saved in predictions.npz
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
         earlier = _earlier_blocks(run_dir / results_file, state['epoch']) if not selecting else {}
         blocks, perturbation_notes, kept = ({}, [], []) if selecting else perturbations.run_all(perturbations.Context(
             conf, test, torch.from_numpy(id_arrays['probs'].argmax(1)), family.capabilities, samples,
-            family.primary_score, id_arrays=id_arrays, prepared=prepared), earlier)
+            family.primary_score, id_arrays=id_arrays, prepared=prepared), earlier, timing)
         for note in perturbation_notes:
             log(f"note: {note}")
         # post-hoc steps (test split only): fitted on the held-out split's predictions, seeded as the test's
         posthoc_blocks, posthoc_notes = ({}, []) if selecting else posthoc.run_all(posthoc.Context(
-            *_held_out_arrays(conf), id_arrays, labels, family.primary_score, ood_arrays))
+            *_held_out_arrays(conf), id_arrays, labels, family.primary_score, ood_arrays), timing)
         for note in posthoc_notes:
             log(f"note: {note}")
 
@@ -122,6 +127,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             npz['id/evidence'] = test_evidence.detach().float().cpu().numpy()
         for name, arrays in ood_arrays.items():
             npz.update({f'{name}/{k}': v for k, v in arrays.items()})
+        stage = time.perf_counter()
         try:
             save_npz(run_dir / predictions_file, npz)
             written, figure_notes = ({}, []) if selecting else write_figures(
@@ -129,6 +135,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
                 family.primary_score, posthoc_blocks)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
+        timing['figures'] = round(time.perf_counter() - stage, 2)
         for note in figure_notes:
             log(f"note: {note}")
     finally:
@@ -168,6 +175,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
             print(f"warning: could not append the results to {run_dir / 'log.jsonl'} ({type(e).__name__}: {e})",
                   file=sys.stderr)
     results['seconds'] = round(time.perf_counter() - started, 2)
+    results['timing'] = timing
     try:
         save_json(run_dir / results_file, results)
     except OSError as e:

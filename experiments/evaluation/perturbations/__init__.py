@@ -15,6 +15,7 @@ this order, which matters for families that sample (MC dropout draws its masks f
 once per evaluation, so each perturbation's numbers depend on what ran before it).
 """
 import argparse
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from configs.registry import load_entry
@@ -43,11 +44,13 @@ def all_perturbations() -> List[Perturbation]:
     return [get(name) for name in PERTURBATIONS]
 
 
-def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], List[str], List[str]]:
+def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None,
+            timing: Optional[Dict[str, float]] = None) -> Tuple[Dict[str, Any], List[str], List[str]]:
     """
     `{name: block}` of every perturbation that applies to `ctx`'s family, in registry order, notes on those
     skipped, and the names of those kept: a perturbation asked for 0 samples is not run, and its block in
-    `earlier` (an earlier evaluation of the same checkpoint) is kept, with a note saying so.
+    `earlier` (an earlier evaluation of the same checkpoint) is kept, with a note saying so. `timing` gets the
+    wall seconds of each perturbation that gave a block.
     """
     blocks, notes, kept = {}, [], []
     for perturbation in all_perturbations():
@@ -62,7 +65,10 @@ def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None) -> Tuple[Dic
             notes.append(f"{perturbation.name}: not run (--{perturbation.samples.flag} 0); its results are kept "
                          f"from the earlier evaluation of this checkpoint")
             continue
+        started = time.perf_counter()
         block = perturbation.run(ctx)
+        if block is not None and timing is not None:
+            timing[perturbation.name] = round(time.perf_counter() - started, 2)
         if block is not None:
             blocks[perturbation.name] = block
             notes.extend(block.get('_notes', []))

@@ -12,7 +12,8 @@ held-out split is what they fit on); `experiments.compare` reads their columns.
 
 Adding a step: its module with a `POSTHOC`, and one line in `POSTHOC` below.
 """
-from typing import Any, Dict, List, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 from configs.registry import load_entry
 from experiments.evaluation.posthoc.base import Context, PostHoc
@@ -35,15 +36,19 @@ def all_steps() -> List[PostHoc]:
     return [get(name) for name in POSTHOC]
 
 
-def run_all(ctx: Context) -> Tuple[Dict[str, Any], List[str]]:
-    """`{name: block}` of every step that applies to `ctx`, in registry order, and notes on those skipped."""
+def run_all(ctx: Context, timing: Optional[Dict[str, float]] = None) -> Tuple[Dict[str, Any], List[str]]:
+    """`{name: block}` of every step that applies to `ctx`, in registry order, and notes on those skipped;
+    `timing` gets the wall seconds of each step that gave a block."""
     blocks, notes = {}, []
     for step in all_steps():
         why = step.skip_reason(ctx)
         if why is not None:
             notes.append(why)
             continue
+        started = time.perf_counter()
         block = step.run(ctx)
+        if block is not None and timing is not None:
+            timing[step.name] = round(time.perf_counter() - started, 2)
         if block is not None:
             blocks[step.name] = block
     return blocks, notes
