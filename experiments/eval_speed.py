@@ -3,7 +3,7 @@ Evaluation speed of every family: images/s of one prediction pass and the wall t
 `python -m experiments.evaluate`.
 
     python -m experiments.eval_speed [--family NAME ... | --family all] [--data-dir DIR] [--device cpu]
-                                     [--train-size 1000] [--seed 0] [--set KEY=VALUE ...] [--X-samples N ...]
+                                     [--train-size 1024] [--seed 0] [--set KEY=VALUE ...] [--X-samples N ...]
 
 For each family a run is trained with the family's defaults for one epoch on `--train-size` images (the weights
 do not change the cost of an evaluation; the settings that do — samples, members, voters — are the defaults),
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--family', nargs='+', default=['all'], help='families to measure (default: all)')
     p.add_argument('--data-dir', default=None, help="folder holding MNIST/raw (default: labml's data folder)")
     p.add_argument('--device', default='cpu', help='cpu (default), cuda or auto')
-    p.add_argument('--train-size', type=int, default=1000, help='training images of each run (default 1000)')
+    p.add_argument('--train-size', type=int, default=1024, help="training images of each run (default 1024: whole batches of 64)")
     p.add_argument('--seed', type=int, default=0, help='seed of every run (default 0)')
     p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help='overrides for every run, as on the training command line')

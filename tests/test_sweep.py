@@ -198,6 +198,8 @@ def test_a_bad_value_anywhere_stops_before_anything_is_written(bad, message, wor
 @pytest.mark.parametrize('options, message', [
     (['--ood-file', 'nope.npy'], 'nope.npy'),
     (['--missing-samples', '-3'], '--missing-samples must be >= 0'),
+    (['--shift-file', 'nope.npz'], 'nope.npz'),
+    (['--mce-reference', 'f' * 32], '--mce-reference ' + 'f' * 32),
 ])
 def test_bad_evaluation_options_stop_before_anything_is_written(options, message, workdir, synthetic_data_dir,
                                                                 monkeypatch, capsys):
@@ -236,9 +238,12 @@ def local_sweep(tmp_path_factory, synthetic_data_dir):
     to where the sweep is launched)."""
     project = _project(tmp_path_factory, 'sweep_local')
     np.save(project / 'noise.npy', np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8))
+    rng = np.random.default_rng(1)
+    np.savez(project / 'shifted.npz', images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+             labels=rng.integers(0, 10, 40))
     started = time.perf_counter()
     done = _sweep_in_process(project, 'evidence_mnist', *GRID, f'data_dir={synthetic_data_dir}', '--jobs', '2',
-                             *EVAL, '--ood-file', 'noise.npy', '--name', 'grid')
+                             *EVAL, '--ood-file', 'noise.npy', '--shift-file', 'shifted.npz', '--name', 'grid')
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return project, done, time.perf_counter() - started
 
@@ -289,17 +294,21 @@ def test_sweep_runs_equal_runs_by_hand(local_sweep, synthetic_data_dir, tmp_path
         assert evidence_mnist.main(['preset=smoke', f'data_dir={synthetic_data_dir}', 'kl_coef=0.03', 'seed=2']) == 0
         (by_hand,) = list((tmp_path / 'logs' / 'evidence_mnist').iterdir())
         assert evaluate.main([by_hand.name, '--split', 'test', '--fgsm-samples', '0', '--pgd-samples', '0',
-                              '--missing-samples', '64', '--ood-file', str(project / 'noise.npy')]) == 0
+                              '--missing-samples', '64', '--ood-file', str(project / 'noise.npy'),
+                              '--shift-file', str(project / 'shifted.npz')]) == 0
     finally:
         torch.set_num_threads(threads)
     mine = json.loads((by_hand / 'evaluation.json').read_text())
     (run,) = [r for r in _state(project, 'grid')['runs'] if (r['settings']['kl_coef'], r['settings']['seed']) == (0.03, 2)]
     swept = json.loads((project / 'logs' / 'evidence_mnist' / run['uuid'] / 'evaluation.json').read_text())
-    for block in ('id', 'selective', 'ood', 'missing_pixels'):
+    for block in ('id', 'selective', 'ood', 'missing_pixels', 'shift'):
         assert swept[block] == mine[block], block
     assert swept['missing_pixels']['n_samples'] == 64  # --missing-samples reached the sweep's evaluations
     assert set(swept['ood']) == {'fashion_mnist', 'noise'}  # and so did --ood-file
     assert _state(project, 'grid')['options']['ood_files'] == [str(project / 'noise.npy')]
+    # and --shift-file, given relative to where the sweep was launched
+    assert _state(project, 'grid')['options']['evaluate_options'] == ['--shift-file', str(project / 'shifted.npz')]
+    assert list(swept['shift']['sets']) == ['shifted']
 
 
 def _wait_for(condition, process, timeout=120.0, what=''):

@@ -4,6 +4,7 @@
     python -m experiments.sweep FAMILY key=v1,v2 key2=a,b seed=1,2,3 [--jobs N] [--split validation|test]
                                 [--name NAME] [--engine local|ray] [--address ADDR] [--cpus-per-run C]
                                 [--gpus-per-run G] [--storage DIR] [--X-samples N ...] [--ood-file PATH ...]
+                                [--shift-file PATH ...] [--mce-reference RUN]
                                 [--dry-run]
     python -m experiments.sweep sweeps/compare_all.py [key=value ...] [options]
 
@@ -11,7 +12,8 @@ Each combination is a normal run of its family (`python -m experiments.train FAM
 per process: labml's state is global per process), in the usual run folders under the nearest `.labml.yaml`'s
 experiments path, with its checkpoints and labml tracking (`dashboard=` passes through like any key). Each
 finished run is evaluated (`python -m experiments.evaluate RUN --split validation`, the held-out split, unless
-`--split test`; each perturbation's `--X-samples N` and every `--ood-file` given to the sweep are passed on), and
+`--split test`; each perturbation's `--X-samples N`, every `--ood-file` and `--shift-file` and `--mce-reference` given to the
+sweep are passed on), and
 the sweep writes into `<experiments path>/sweeps/<name>/`:
 
 * `sweep.json` — the grid, and per run its overrides, uuid, status (`pending`, `running`, `done`, `failed`,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from experiments.evaluation import perturbations
+from experiments.evaluation import EvaluateError, perturbations
 from experiments.sweep.engines.local import LocalEngine
 from experiments.sweep.errors import EXIT_USAGE, SweepError
 from experiments.sweep.grid import load_sweep_file, parse_axes
@@ -57,6 +57,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument('--ood-file', action='append', default=[], metavar='PATH',
                    help='passed to experiments.evaluate: an extra OOD set (.npy of uint8 images, see its --help; '
                         'repeatable)')
+    perturbations.add_own_options(p)  # --shift-file, --mce-reference: passed on to every evaluation
     p.add_argument('--dry-run', action='store_true', help='print the planned runs and what each needs; run nothing')
     args = p.parse_intermixed_args(argv)
     if args.jobs is not None and args.jobs < 1:
@@ -121,6 +122,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             experiments_path = Path(lab.get_experiments_path())
         missing_data = check_data(runs)
         ood_paths = ood_files(args, cwd)
+        own = perturbations.options_of(args)
+        try:  # checked as `experiments.evaluate` checks them, before anything runs
+            perturbations.prepare_all(own)
+        except EvaluateError as e:
+            raise SweepError(str(e)) from None
+        own_args = perturbations.command_line(own)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -135,6 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                **{p.samples.flag.replace('-', '_'): args.samples.get(p.name)
                   for p in perturbations.all_perturbations() if p.samples},
                'ood_files': ood_paths,
+               'evaluate_options': own_args,
                'cwd': str(storage or cwd)}
     command = list(argv) if args.name else [*argv, '--name', name]
 
@@ -144,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   experiments_path=experiments_path, command=command, options=options,
                   # each perturbation's `--X-samples N` given here, and the OOD files
                   evaluate_args=perturbations.sample_arguments(args.samples) +
-                  [a for path in ood_paths for a in ('--ood-file', path)],
+                  [a for path in ood_paths for a in ('--ood-file', path)] + own_args,
                   columns=spec['columns'])
     sweep.merge_previous()
     if args.dry_run:

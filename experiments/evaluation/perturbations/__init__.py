@@ -22,7 +22,7 @@ from configs.registry import load_entry
 from experiments.evaluation.perturbations.base import Context, Perturbation, SampleOption
 
 __all__ = ['PERTURBATIONS', 'Context', 'Perturbation', 'SampleOption', 'get', 'all_perturbations', 'run_all',
-           'add_sample_options', 'samples_of', 'sample_arguments', 'add_own_options', 'options_of', 'prepare_all']
+           'add_sample_options', 'samples_of', 'sample_arguments', 'add_own_options', 'options_of', 'command_line', 'prepare_all']
 
 #: Name (the key of its block in `evaluation.json`) → the module that declares its `PERTURBATION`
 PERTURBATIONS: Dict[str, str] = {
@@ -127,6 +127,11 @@ def add_own_options(parser: argparse.ArgumentParser) -> None:
 def options_of(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """`{perturbation name: {keyword: value}}` of the perturbations given options of their own in `args`."""
     return {p.name: given for p in all_perturbations() if (given := p.arguments(args))}
+
+
+def command_line(options: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The `experiments.evaluate` arguments that give these perturbations' own options (inverse of `options_of`)."""
+    return [a for name, given in options.items() for a in get(name).command_line(given)]
 
 
 def prepare_all(options: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:

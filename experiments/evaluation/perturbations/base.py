@@ -76,6 +76,11 @@ class Perturbation:
         """Its options' values in parsed `args` as `{keyword: value}` (`{}`: none given)."""
         return {}
 
+    def command_line(self, options: Dict[str, Any]) -> List[str]:
+        """The `experiments.evaluate` arguments that give `options` again, paths made absolute (a sweep passes
+        them on to evaluations that may run elsewhere)."""
+        return []
+
     def prepare(self, options: Dict[str, Any]) -> Any:
         """Checks and loads `options` (from `arguments`, or an API caller) before anything is read or written:
         raises `EvaluateError` with one line naming the option. What it returns reaches `run` as

@@ -170,6 +170,13 @@ class MnistC(Perturbation):
         reference = getattr(args, 'mce_reference', None)
         return {'mce_reference': reference} if reference else {}
 
+    def command_line(self, options: Dict[str, Any]) -> List[str]:
+        reference = options.get('mce_reference')
+        if not reference:
+            return []
+        folder = Path(reference).expanduser()
+        return ['--mce-reference', str(folder.resolve()) if folder.is_dir() else reference]  # else a uuid
+
     def prepare(self, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         unknown = sorted(set(options) - {'mce_reference'})
         if unknown:

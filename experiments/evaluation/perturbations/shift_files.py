@@ -136,6 +136,9 @@ class ShiftFiles(Perturbation):
         files = getattr(args, 'shift_file', None)
         return {'files': list(files)} if files else {}
 
+    def command_line(self, options: Dict[str, Any]) -> List[str]:
+        return [a for f in options.get('files') or [] for a in ('--shift-file', str(Path(f).expanduser().resolve()))]
+
     def prepare(self, options: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
         unknown = sorted(set(options) - {'files'})
         if unknown:
