@@ -12,9 +12,8 @@ Each combination is a normal run of its family (`python -m experiments.train FAM
 per process: labml's state is global per process), in the usual run folders under the nearest `.labml.yaml`'s
 experiments path, with its checkpoints and labml tracking (`dashboard=` passes through like any key). Each
 finished run is evaluated (`python -m experiments.evaluate RUN --split validation`, the held-out split, unless
-`--split test`; each perturbation's `--X-samples N`, every `--ood-file` and `--shift-file` and `--mce-reference` given to the
-sweep are passed on), and
-the sweep writes into `<experiments path>/sweeps/<name>/`:
+`--split test`; each perturbation's `--X-samples N`, every `--ood-file` and `--shift-file` and `--mce-reference`
+given to the sweep are passed on), and the sweep writes into `<experiments path>/sweeps/<name>/`:
 
 * `sweep.json` — the grid, and per run its overrides, uuid, status (`pending`, `running`, `done`, `failed`,
   `interrupted`), the metrics of its evaluation file, the node it ran on, the tail of its output on failure;
