@@ -122,25 +122,31 @@ def plot(curves, path: Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked (argparse's usage error on a bad one); runs nothing."""
     parser = argparse.ArgumentParser(prog='python -m experiments.learning_curve',
                                      description='Epistemic score on in- and out-of-distribution sets against the '
                                                  'training-set size, from a sweep over train_size.')
     parser.add_argument('sweep_dir', type=Path, help='the sweep folder (logs/sweeps/train_size)')
     parser.add_argument('--out', type=Path, help='the PNG to write (default: SWEEP_DIR/train_size.png)')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         curves = collect(args.sweep_dir)
     except (CurveError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     for method, points in curves.items():
         print(f"{method} ({points[0][1]}):")
         for n, _, scores in points:
             print(f"  {n:>6,} images: " + ', '.join(f"{s} mean {np.mean(v):.4g}" for s, v in scores.items()))
     path = plot(curves, args.out or args.sweep_dir / 'train_size.png')
     print(f"figure: {path}")
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

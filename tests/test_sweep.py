@@ -166,15 +166,29 @@ def test_compare_all_expands_and_validates(tmp_path, monkeypatch, capsys):
     runs = plan(spec['grids'], spec['split'], tmp_path)
     assert spec['name'] == 'compare_all' and spec['split'] == 'test'
     assert spec['columns'][0] == 'accuracy' and spec['columns'][-1] == 'train_s'
-    assert [(r['family'], r['_values']['seed']) for r in runs] == [(f, s) for f in names() for s in (1, 2, 3)]
-    # defaults otherwise: only the seed is set (the data folder comes from the command line)
-    assert all(set(r['settings']) == {'seed'} for r in runs)
+    registered = len(names()) * 3
+    assert [(r['family'], r['_values']['seed']) for r in runs[:registered]] == [(f, s) for f in names() for s in (1, 2, 3)]
+    # defaults otherwise: only the seed is set (the data folder comes from the command line) ...
+    assert all(set(r['settings']) == {'seed'} for r in runs[:registered])
+    # ... then the evidential family's NatPN head and its bf16 default
+    assert [(r['family'], r['settings']) for r in runs[registered:]] == [
+        ('evidence_mnist', {'model': 'natpn', 'seed': s}) for s in (1, 2, 3)] + [
+        ('evidence_mnist', {'precision': 'bf16', 'seed': s}) for s in (1, 2, 3)]
     (tmp_path / '.labml.yaml').write_text(LABML_YAML)
     monkeypatch.chdir(tmp_path)
     assert sweep_module.main([str(ROOT / 'sweeps' / 'compare_all.py'), '--dry-run']) == 0
     out = capsys.readouterr().out
     assert out.count('python -m experiments.train') == len(runs)
     assert not (tmp_path / 'logs').exists()
+
+
+def test_train_size_sweep_expands_to_four_methods_by_four_sizes(tmp_path):
+    spec = load_sweep_file(ROOT / 'sweeps' / 'train_size.py')
+    runs = plan(spec['grids'], spec['split'], tmp_path)
+    assert spec['name'] == 'train_size' and spec['split'] == 'test'
+    assert len(runs) == 16 and {r['_values']['train_size'] for r in runs} == {1000, 2000, 5000, 0}
+    assert {(r['family'], r['settings'].get('model')) for r in runs} == {
+        ('evidence_mnist', None), ('evidence_mnist', 'natpn'), ('ddu_mnist', None), ('ensemble_mnist', None)}
 
 
 @pytest.mark.parametrize('bad, message', [
