@@ -4,8 +4,9 @@
     python -m experiments.learning_curve logs/sweeps/train_size [--out FILE]
 
 Reads a sweep over `train_size` (`sweeps/train_size.py`) once its runs are evaluated, and draws one panel per
-method: the mean of its epistemic score on the test set (in distribution) and on each OOD set, with the
-quartiles as a band, against the number of training images. An epistemic score should shrink in distribution
+method: the median of its epistemic score on the test set (in distribution) and on each OOD set, with the
+quartiles as a band, against the number of training images (medians: a density score's mean is its few
+largest values; a log scale where a curve spans more than two orders of magnitude). An epistemic score should shrink in distribution
 as the data grows and stay high out of distribution (Shen et al. 2024 show that EDL's u does not shrink).
 
 The epistemic score of a run is the first of its family's scores in `EPISTEMIC_SCORES` (`u` for the evidential
@@ -103,14 +104,22 @@ def plot(curves, path: Path) -> Path:
             ax = axes[row][column]
             for s, colour in zip(shown, ('tab:blue',) if row == 0 else ('tab:red', 'tab:green', 'tab:purple')):
                 values = [p[2][s] for p in points if s in p[2]]
-                ax.plot(sizes[:len(values)], [np.mean(v) for v in values], 'o-', color=colour,
+                ax.plot(sizes[:len(values)], [np.median(v) for v in values], 'o-', color=colour,
                         label='MNIST test' if s == 'id' else s.replace('_', '-'))
                 ax.fill_between(sizes[:len(values)], [np.quantile(v, 0.25) for v in values],
                                 [np.quantile(v, 0.75) for v in values], color=colour, alpha=0.15, linewidth=0)
             ax.set_xscale('log')
+            medians = np.array([np.median(p[2][s]) for s in shown for p in points if s in p[2]])
+            size = np.abs(medians[medians != 0]) if len(medians) else medians
+            if len(size) and size.max() / size.min() > 1e2 and medians.min() > 0:
+                ax.set_yscale('log')
+            elif len(size) and size.max() / size.min() > 1e2:  # symmetric log where a median is negative
+                from matplotlib.ticker import SymmetricalLogLocator
+                ax.set_yscale('symlog', linthresh=size.min())
+                ax.yaxis.set_major_locator(SymmetricalLogLocator(base=1000, linthresh=size.min()))
             ax.set_xticks(sizes, [f'{n:,}' for n in sizes])
             ax.minorticks_off()
-            ax.set_ylabel(f'mean {points[0][1]}')
+            ax.set_ylabel(f'median {points[0][1]}')
             ax.legend(fontsize=7)
             if row == 0:
                 ax.set_title(method, fontsize=9)
@@ -142,7 +151,8 @@ def main(argv=None) -> int:
     for method, points in curves.items():
         print(f"{method} ({points[0][1]}):")
         for n, _, scores in points:
-            print(f"  {n:>6,} images: " + ', '.join(f"{s} mean {np.mean(v):.4g}" for s, v in scores.items()))
+            print(f"  {n:>6,} images: " + ', '.join(f"{s} median {np.median(v):.4g} (mean {np.mean(v):.4g})"
+                                                    for s, v in scores.items()))
     path = plot(curves, args.out or args.sweep_dir / 'train_size.png')
     print(f"figure: {path}")
     return 0

@@ -55,7 +55,7 @@ def test_the_command_draws_the_figure_and_refuses_a_folder_without_a_sweep(tmp_p
     folder, _ = _sweep(tmp_path)
     r = run_cli('experiments.learning_curve', str(folder), cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert 'evidence_mnist (u):' in r.stdout and '1,000 images: id mean 0.5' in r.stdout
+    assert 'evidence_mnist (u):' in r.stdout and '1,000 images: id median 0.5 (mean 0.5)' in r.stdout
     png = folder / 'train_size.png'
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     r = run_cli('experiments.learning_curve', str(tmp_path / 'nothing'), cwd=ROOT, timeout=60)
