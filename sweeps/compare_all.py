@@ -5,7 +5,7 @@ evaluated on the test set; trained on the data folder given as `data_dir=DIR` (t
 10k-image MNIST subset), else on labml's data folder.
 
     python -m experiments.sweep sweeps/compare_all.py data_dir=DIR --dry-run     # the planned runs
-    python -m experiments.sweep sweeps/compare_all.py data_dir=DIR --jobs 2      # long: 24 runs took 71 min on 2 CPU cores
+    python -m experiments.sweep sweeps/compare_all.py data_dir=DIR --jobs 2      # long: 39 runs took 106 min on 2 CPU cores
 
 `key=value` arguments are added to every run (`data_dir=...`, `dashboard=...`, `epochs=1` to try it quickly).
 The table (`logs/sweeps/compare_all/comparison.md`) has the columns below; `sweep.json` has every metric of each run.
