@@ -71,18 +71,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked (argparse's usage error on a bad one; the family names are checked by `main`); adds
+    `families` and `evaluate_args`."""
     from configs import registry
+    from experiments.evaluation import perturbations
     p = _parser()
     args = p.parse_args(argv)
-    from experiments.evaluation import perturbations
     if args.train_size < 1:
         p.error('--train-size must be >= 1')
     try:
-        evaluate_args = perturbations.sample_arguments(perturbations.samples_of(args))
+        args.evaluate_args = perturbations.sample_arguments(perturbations.samples_of(args))
     except ValueError as e:
         p.error(str(e))
-    families = list(registry.FAMILIES) if args.family == ['all'] else args.family
+    args.families = list(registry.FAMILIES) if args.family == ['all'] else args.family
+    args.parser = p
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    p, families, evaluate_args = args.parser, args.families, args.evaluate_args
+    from configs import registry
     unknown = [f for f in families if f not in registry.FAMILIES]
     if unknown:
         p.error(f"unknown family {', '.join(unknown)}; known: {', '.join(registry.FAMILIES)}")
