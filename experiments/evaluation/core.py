@@ -99,10 +99,10 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
         id_arrays = prediction_arrays(id_pred)
         labels = test.labels.cpu().numpy()
         test_evidence = id_pred.extras.get('evidence')
-        timing['predict'] = round(time.perf_counter() - stage, 2)
+        timing['predict'] = round(time.perf_counter() - stage, 3)
         stage = time.perf_counter()
         ood_arrays = {name: prediction_arrays(predict_images(conf, images)[0]) for name, images in ood_images.items()}
-        timing['ood'] = round(time.perf_counter() - stage, 2)
+        timing['ood'] = round(time.perf_counter() - stage, 3)
 
         # ---- metrics, from exactly the arrays saved in predictions.npz
         results: Dict[str, Any] = compute_metrics(id_arrays, labels, ood_arrays, family.primary_score)
@@ -135,7 +135,7 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
                 family.primary_score, posthoc_blocks)
         except OSError as e:
             raise _write_failed(run_dir, e, writing_since, predictions_file) from None
-        timing['figures'] = round(time.perf_counter() - stage, 2)
+        timing['figures'] = round(time.perf_counter() - stage, 3)
         for note in figure_notes:
             log(f"note: {note}")
     finally:

@@ -68,7 +68,7 @@ def run_all(ctx: Context, earlier: Optional[Dict[str, Any]] = None,
         started = time.perf_counter()
         block = perturbation.run(ctx)
         if block is not None and timing is not None:
-            timing[perturbation.name] = round(time.perf_counter() - started, 2)
+            timing[perturbation.name] = round(time.perf_counter() - started, 3)
         if block is not None:
             blocks[perturbation.name] = block
             notes.extend(block.get('_notes', []))

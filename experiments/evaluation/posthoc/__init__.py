@@ -48,7 +48,7 @@ def run_all(ctx: Context, timing: Optional[Dict[str, float]] = None) -> Tuple[Di
         started = time.perf_counter()
         block = step.run(ctx)
         if block is not None and timing is not None:
-            timing[step.name] = round(time.perf_counter() - started, 2)
+            timing[step.name] = round(time.perf_counter() - started, 3)
         if block is not None:
             blocks[step.name] = block
     return blocks, notes
