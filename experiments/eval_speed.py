@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,12 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, p: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
     """The options, checked (argparse's usage error on a bad one; the family names are checked by `main`); adds
     `families` and `evaluate_args`."""
     from configs import registry
     from experiments.evaluation import perturbations
-    p = _parser()
+    p = p or _parser()
     args = p.parse_args(argv)
     if args.train_size < 1:
         p.error('--train-size must be >= 1')
@@ -85,13 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     args.families = list(registry.FAMILIES) if args.family == ['all'] else args.family
-    args.parser = p
     return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    p, families, evaluate_args = args.parser, args.families, args.evaluate_args
+    p = _parser()
+    args = parse_args(argv, p)
+    families, evaluate_args = args.families, args.evaluate_args
     from configs import registry
     unknown = [f for f in families if f not in registry.FAMILIES]
     if unknown:

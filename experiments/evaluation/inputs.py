@@ -17,6 +17,18 @@ def _set_name_ok(name: str) -> bool:
     return bool(re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.\-]*', name))
 
 
+def set_name(path: Path, flag: str, taken) -> str:
+    """The set name of a `--ood-file` / `--shift-file` (its stem); raises `EvaluateError` for a name that cannot be
+    a set's (odd characters) or one in `taken`."""
+    name = path.stem
+    if not _set_name_ok(name):
+        raise EvaluateError(f"{flag} {path}: the file name {name!r} is used as the set name; "
+                            f"use letters, digits, '_', '-' and '.'")
+    if name in taken:
+        raise EvaluateError(f"{flag} {path}: another set is already called {name!r}; rename the file")
+    return name
+
+
 #: The most images one `--ood-file` may hold (784 MB of uint8): more is a mistake, not an OOD set
 MAX_OOD_IMAGES = 1_000_000
 
@@ -98,12 +110,7 @@ def load_ood_files(paths: List[str]) -> Dict[str, np.ndarray]:
     sets: Dict[str, np.ndarray] = {}
     for p in paths:
         path = Path(p).expanduser()
-        name = path.stem
-        if not _set_name_ok(name):
-            raise EvaluateError(f"--ood-file {path}: the file name {name!r} is used as the set name; "
-                                f"use letters, digits, '_', '-' and '.'")
-        if name == 'id' or name in sets:
-            raise EvaluateError(f"--ood-file {path}: another set is already called {name!r}; rename the file")
+        name = set_name(path, '--ood-file', {'id', *sets})
         sets[name] = load_ood_file(path)
     return sets
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from experiments.evaluation import EvaluateError
-from experiments.evaluation.inputs import MAX_OOD_IMAGES, _read_header, _set_name_ok, check_regular_file
+from experiments.evaluation.inputs import MAX_OOD_IMAGES, _read_header, check_regular_file, set_name
 from experiments.evaluation.perturbations.base import Context, Perturbation
 
 #: Class indices a label may take: those of the datasets (`evidential.data.DATASETS`: ten classes each)
@@ -111,12 +111,7 @@ def load_shift_files(paths: List[str]) -> Dict[str, Dict[str, Any]]:
     sets: Dict[str, Dict[str, Any]] = {}
     for p in paths:
         path = Path(p).expanduser()
-        name = path.stem
-        if not _set_name_ok(name):
-            raise EvaluateError(f"--shift-file {path}: the file name {name!r} is used as the set name; "
-                                f"use letters, digits, '_', '-' and '.'")
-        if name in sets:
-            raise EvaluateError(f"--shift-file {path}: another set is already called {name!r}; rename the file")
+        name = set_name(path, '--shift-file', sets)
         images, labels = load_shift_file(path)
         sets[name] = {'images': images, 'labels': labels, 'file': str(path.resolve())}
     return sets
