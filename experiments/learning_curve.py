@@ -35,7 +35,11 @@ def _n_train(run_dir: Path) -> int:
     values = json.loads((run_dir / 'experiment.json').read_text())
     if values.get('train_size'):
         return int(values['train_size'])
-    root = Path(values.get('data_dir') or 'data').expanduser()
+    if values.get('data_dir'):
+        root = Path(values['data_dir']).expanduser()
+    else:  # trained on labml's data folder
+        from experiments.benchmark import _lab_data_path
+        root = Path(_lab_data_path())
     n = len(load_split(values.get('dataset', 'mnist'), root, train=True, download=False)[1])
     holdout = float(values.get('holdout', 0))
     return n - (max(1, int(round(n * holdout))) if holdout > 0 else 0)
