@@ -297,6 +297,31 @@ def test_sampled_network_is_an_exact_draw_of_a_conv_kernel():
     assert not torch.allclose(local, local[..., :1, :1].expand_as(local))
 
 
+def test_channels_last_parameters_draw_the_same_networks_and_compute_channels_last():
+    # `experiments.evaluate` holds the parameters channels-last: a seed must draw the same networks as in NCHW
+    # (the noise is drawn in row-major order, not in the parameters' memory order), and each convolution must
+    # compute channels-last (a `[20, 1, 5, 5]` kernel formed by arithmetic would fall back to NCHW)
+    torch.manual_seed(10)
+    model = LeNet(10, layers=BayesLayers()).eval()
+    for layer in bayes_layers(model):
+        randomise(layer)
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        nchw = bayes_logits(model, x, 3, networks=True)
+        model.to(memory_format=torch.channels_last)
+        layouts = []
+        for layer in bayes_layers(model):
+            if isinstance(layer, BayesConv2d):
+                layer.register_forward_hook(
+                    lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+        torch.manual_seed(11)
+        channels_last = bayes_logits(model, x, 3, networks=True)
+    # float rounding of logits of order 100 (the randomised means are large), not another draw
+    torch.testing.assert_close(channels_last, nchw, rtol=1e-4, atol=1e-5 * nchw.abs().max().item())
+    assert layouts == [True, True] * 3
+
+
 def test_bayes_logits_and_layers_errors():
     plain = LeNet(10)
     x = torch.randn(2, 1, 28, 28)

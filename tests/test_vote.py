@@ -77,6 +77,34 @@ def test_batched_eval_voter_equals_its_plain_module(body):
         assert (out[i] - out[0]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize('body', _bodies(), ids=lambda b: type(b).__name__)
+def test_eval_with_formed_weights_equals_the_scaled_repeated_batch(body):
+    # Evaluation forms each voter's W_i; training scales the activations of a batch whose chunks belong to the
+    # voters. The repeated batch through the training path is every voter on every input: the same function.
+    torch.manual_seed(2)
+    vote = wrap(body, N_VOTERS, init='normal')
+    x = _images(5, seed=3)
+    batched = vote.train()(x.repeat(N_VOTERS, 1, 1, 1)).unflatten(0, (N_VOTERS, 5))
+    torch.testing.assert_close(vote.eval()(x), batched, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_eval_gives_the_same_voters_in_channels_last():
+    # `experiments.evaluate` holds the parameters channels-last: the same outputs, and every convolution computes
+    # channels-last (a first-layer kernel `[20, 1, 5, 5]` formed by arithmetic would fall back to NCHW)
+    torch.manual_seed(4)
+    vote = wrap(LeNet(10), N_VOTERS).eval()
+    x = _images(7, seed=5)
+    nchw = vote(x)
+    vote.to(memory_format=torch.channels_last)
+    layouts = []
+    for layer in _voter_layers(vote):
+        if isinstance(layer, VoteConv2d):
+            layer.register_forward_hook(
+                lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+    torch.testing.assert_close(vote(x), nchw, rtol=1e-5, atol=1e-5)
+    assert layouts == [True, True] * N_VOTERS
+
+
 def test_wrapped_is_a_copy_and_original_untouched():
     torch.manual_seed(2)
     body = ConvMod(10)

@@ -89,7 +89,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evidential.models.lenet import Layers
+from evidential.models.lenet import Layers, keep_layout
 
 _Size2 = Union[int, Tuple[int, int]]
 
@@ -102,6 +102,12 @@ def _check_scales(prior_scale: float, sigma_init: float, sigma_min: float) -> No
     if not sigma_init > sigma_min:
         raise ValueError(f"sigma_init must be > sigma_min (sigma = softplus(rho) + sigma_min > sigma_min), "
                          f"got sigma_init={sigma_init}, sigma_min={sigma_min}")
+
+
+def _noise(like: torch.Tensor) -> torch.Tensor:
+    r"""$\epsilon \sim \mathcal{N}(0, I)$ of `like`'s shape, drawn in row-major order whatever `like`'s memory layout,
+    so a seed draws the same network with channels-last parameters (as `experiments.evaluate` holds them)."""
+    return torch.randn(like.shape, dtype=like.dtype, device=like.device)
 
 
 class BayesLayer(nn.Module):
@@ -172,10 +178,17 @@ class BayesLayer(nn.Module):
         delta = self._op(x * x, self.weight_sigma ** 2, bias_var)
         return gamma, delta
 
-    def draw(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        r"""One sample $w = \mu + \sigma \epsilon$, $\epsilon \sim \mathcal{N}(0, I)$, of the weight and bias."""
-        weight = self.weight_mu + self.weight_sigma * torch.randn_like(self.weight_mu)
-        bias = None if self.bias_mu is None else self.bias_mu + self.bias_sigma * torch.randn_like(self.bias_mu)
+    def scales(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        r"""$(\sigma_w, \sigma_b)$ of the weight and bias ($\sigma_b$ `None` without a bias)."""
+        return self.weight_sigma, self.bias_sigma
+
+    def draw(self, scales: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+             ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        r"""One sample $w = \mu + \sigma \epsilon$, $\epsilon \sim \mathcal{N}(0, I)$, of the weight and bias.
+        `scales`: this layer's `scales()` when already computed (for many draws), else computed here."""
+        weight_sigma, bias_sigma = self.scales() if scales is None else scales
+        weight = keep_layout(self.weight_mu, self.weight_mu + weight_sigma * _noise(self.weight_mu))
+        bias = None if self.bias_mu is None else self.bias_mu + bias_sigma * _noise(self.bias_mu)
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,14 +320,16 @@ def posterior_mean(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def sampled_network(model: nn.Module) -> Iterator[nn.Module]:
+def sampled_network(model: nn.Module, scales: Optional[List[Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
+                    ) -> Iterator[nn.Module]:
     r"""Within the block, `model` is one network drawn from $q$: every Bayesian layer draws its weight and bias
     once (`BayesLayer.draw`) and uses them for every input, convolutions included, instead of sampling
     pre-activations. Cheaper than local reparametrisation (one operation per layer, no noise per pre-activation),
-    but all examples share the sample, so it is for prediction, not for training."""
+    but all examples share the sample, so it is for prediction, not for training. `scales`: every Bayesian
+    layer's `scales()` (in `bayes_layers` order), when drawing many networks from the same parameters."""
     layers = bayes_layers(model)
-    for layer in layers:
-        layer.drawn = layer.draw()
+    for layer, layer_scales in zip(layers, scales or [None] * len(layers)):
+        layer.drawn = layer.draw(layer_scales)
     try:
         yield model
     finally:
@@ -346,11 +361,13 @@ def bayes_logits(model: nn.Module, x: torch.Tensor, samples: int, max_batch: Opt
     if samples == 0:
         with posterior_mean(model):
             return model(x).unsqueeze(0)
-    bayes_layers(model)
+    layers = bayes_layers(model)
     if networks:
+        # $\sigma = \text{softplus}(\rho) + \sigma_{\min}$ of every layer once, for all $S$ networks
+        scales = [layer.scales() for layer in layers]
         draws = []
         for _ in range(samples):
-            with sampled_network(model):
+            with sampled_network(model, scales):
                 draws.append(model(x))
         return torch.stack(draws)
     # Samples per pass

@@ -22,6 +22,14 @@ import torch
 import torch.nn as nn
 
 
+def keep_layout(like: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` (of `like`'s shape) with `like`'s strides. A kernel computed from channels-last parameters by
+    arithmetic loses the channels-last strides when a dimension has size 1 (the first convolution's
+    `[C_out, 1, kh, kw]`: either layout fits it, and PyTorch picks NCHW); the convolution then computes in NCHW
+    and so does the max-pooling after it, several times slower on CPU than in channels-last."""
+    return values if values.stride() == like.stride() else torch.empty_like(like).copy_(values)
+
+
 class Layers:
     """The plain layer factory: `nn.Conv2d` and `nn.Linear`. Subclasses return other modules."""
 

@@ -54,6 +54,10 @@ def evaluate(run: str, *, ood_files: List[str] = (), data_dir: Optional[str] = N
     silence_monitor(True)
     try:
         family, conf, run_dir, state = load_trained(run, data_dir=data_dir, device=device)
+        # Channels-last convolutions and max-pooling: 2-5x faster on CPU for the LeNet bodies of the families
+        # trained in NCHW (Bayesian, vote), a no-op for those trained channels-last; the same values up to float
+        # rounding, and the same sampled networks (see `evidential.models.bayes._noise`)
+        conf.model.to(memory_format=torch.channels_last)
         # still training: its checkpoint says so and the process that trains it is alive (labml leaves its pid in
         # the run folder; a run trained in this process has ended by now)
         pid = training_pid(run_dir) if state['status'] == 'running' else None
