@@ -13,6 +13,7 @@ from evidential.models.bayes import (BayesConv2d, BayesLayers, BayesLinear, baye
                                      kl_divergence, negative_elbo, posterior_mean, sampled_network)
 from evidential.models.lenet import Layers, LeNet
 from evidential.models.mlp import MLP
+from tests.layouts import record_channels_last
 
 # z-score bound for Monte-Carlo checks over a few hundred elements at once
 Z = 5.
@@ -310,11 +311,7 @@ def test_channels_last_parameters_draw_the_same_networks_and_compute_channels_la
         torch.manual_seed(11)
         nchw = bayes_logits(model, x, 3, networks=True)
         model.to(memory_format=torch.channels_last)
-        layouts = []
-        for layer in bayes_layers(model):
-            if isinstance(layer, BayesConv2d):
-                layer.register_forward_hook(
-                    lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+        layouts = record_channels_last(model, BayesConv2d)
         torch.manual_seed(11)
         channels_last = bayes_logits(model, x, 3, networks=True)
     # float rounding of logits of order 100 (the randomised means are large), not another draw

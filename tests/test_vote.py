@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from evidential.models.convmod import ConvMod
 from evidential.models.lenet import LeNet, LeNet5
 from evidential.models.vote import VoteConv2d, VoteLinear, VoteModel, vote_statistics, wrap
+from tests.layouts import record_channels_last
 
 N_VOTERS = 4
 
@@ -96,11 +97,7 @@ def test_channels_last_eval_gives_the_same_voters_in_channels_last():
     x = _images(7, seed=5)
     nchw = vote(x)
     vote.to(memory_format=torch.channels_last)
-    layouts = []
-    for layer in _voter_layers(vote):
-        if isinstance(layer, VoteConv2d):
-            layer.register_forward_hook(
-                lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+    layouts = record_channels_last(vote, VoteConv2d)
     torch.testing.assert_close(vote(x), nchw, rtol=1e-5, atol=1e-5)
     assert layouts == [True, True] * N_VOTERS
 
